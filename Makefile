@@ -1,0 +1,34 @@
+# One command to set everything up and run the main job (`make demo`), one to
+# set everything up and run the tests (`make test`). Both install into $(VENV).
+PYTHON ?= python3
+VENV ?= .venv
+# torch is pinned to the CPU build the reference machines carry; override with
+# e.g. `make TORCH=torch test` to take whatever pip resolves.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install test test-fast demo clean
+
+install: $(VENV)/.installed
+
+# fairseq's C extensions must be built against the torch in the environment,
+# so torch and the build tools go in first and fairseq is built without
+# build isolation (otherwise pip builds it against a second, downloaded torch).
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)" cython numpy setuptools wheel
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	$(BIN)/python -c "import fairseq, fairseq_hashee"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/sample/run.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

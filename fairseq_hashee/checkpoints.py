@@ -1,0 +1,55 @@
+"""Loading fairseq checkpoints safely, and saying clearly why one does not fit.
+
+torch >= 2.6 loads checkpoints with ``weights_only=True``: only tensors,
+containers and an allow-list of classes may be unpickled. fairseq checkpoints
+carry an ``argparse.Namespace`` (the model config of legacy architectures such
+as BART), so fairseq-train/-generate/-interactive fail to load them. Rather
+than switching the restricted unpickler off, we add the few harmless classes
+fairseq needs to its allow-list; a checkpoint that smuggles in any other
+callable is still refused by torch.
+"""
+
+import argparse
+from typing import Mapping
+
+import torch
+
+# Plain data classes found in fairseq 0.12 checkpoints (model and task configs).
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def allow_fairseq_checkpoint_globals() -> None:
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch < 2.4 does not restrict unpickling by default
+        add(FAIRSEQ_CHECKPOINT_GLOBALS)
+
+
+def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """One line listing what keeps ``found`` (a checkpoint) from loading into ``expected``."""
+
+    def sample(keys):
+        keys = sorted(keys)
+        more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+        return ", ".join(keys[:3]) + more
+
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    reshaped = sorted(
+        k
+        for k in set(expected) & set(found)
+        if tuple(expected[k].shape) != tuple(found[k].shape)
+    )
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} parameters: {sample(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected parameters: {sample(unexpected)}")
+    if reshaped:
+        shown = [
+            f"{k} is {'x'.join(map(str, found[k].shape))} in the checkpoint, "
+            f"{'x'.join(map(str, expected[k].shape))} in the model"
+            for k in reshaped[:3]
+        ]
+        more = f" (+{len(reshaped) - 3} more)" if len(reshaped) > 3 else ""
+        parts.append("shape mismatch: " + "; ".join(shown) + more)
+    return "; ".join(parts) if parts else "parameters match but loading failed"

@@ -1,0 +1,2 @@
+from .hashee_bart import HashEEBARTModel  # noqa: F401
+from .hashee_transformer import HashEEDecoder, HashEEEncoder  # noqa: F401

@@ -1,0 +1,111 @@
+"""HashEE BART: fairseq's BART with hash-based early exiting in both stacks.
+
+Everything but the two stacks is fairseq's ``BARTModel``, so parameter names
+are BART's and ``--restore-file bart.base/model.pt`` restores a released
+checkpoint; the exit tables (``encoder.exit_table``, ``decoder.exit_table``)
+are the only additions, and a checkpoint that lacks them keeps the tables the
+task built.
+"""
+
+import logging
+
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.bart import BARTModel
+from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
+from fairseq.models.transformer import TransformerConfig
+
+from ..checkpoints import describe_mismatch
+from ..modules.exit_table import EXIT_IMPLS
+from .hashee_transformer import HashEEDecoder, HashEEEncoder
+
+logger = logging.getLogger(__name__)
+
+# Options of fairseq's Transformer whose code paths the exit loop does not go through.
+_UNSUPPORTED = {
+    "encoder_layerdrop": "layer drop",
+    "decoder_layerdrop": "layer drop",
+    "checkpoint_activations": "activation checkpointing",
+    "cross_self_attention": "cross+self attention",
+    "scale_attn": "attention scaling (NormFormer)",
+    "scale_fc": "FFN scaling (NormFormer)",
+    "scale_heads": "head scaling (NormFormer)",
+    "scale_resids": "residual scaling (NormFormer)",
+    "base_layers": "BASE layers",
+    "adaptive_softmax_cutoff": "adaptive softmax",
+}
+
+
+def check_supported(args) -> None:
+    for name, what in _UNSUPPORTED.items():
+        if getattr(args, name, None):
+            raise ValueError(f"--{name.replace('_', '-')}: {what} is not supported by HashEE models")
+
+
+@register_model("hashee_bart")
+class HashEEBARTModel(BARTModel):
+    @staticmethod
+    def add_args(parser):
+        BARTModel.add_args(parser)
+        parser.add_argument(
+            "--exit-impl",
+            choices=EXIT_IMPLS,
+            help="how exited tokens are skipped: 'skip' computes only active tokens "
+            "(default); 'masked' computes every token and discards exited updates "
+            "(slow reference for tests)",
+        )
+
+    @classmethod
+    def build_model(cls, args, task):
+        check_supported(args)
+        model = super().build_model(args, task)
+        model.encoder.exit_impl = args.exit_impl
+        model.decoder.exit_impl = args.exit_impl
+        return model
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return HashEEEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        cfg = TransformerConfig.from_namespace(args)
+        return HashEEDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = name + "." if name else ""
+        for stack in (self.encoder, self.decoder):
+            key = f"{prefix}{stack.stack_name}.exit_table"
+            if key not in state_dict:
+                logger.info(f"checkpoint has no {key}; keeping the table built by the task")
+                state_dict[key] = stack.exit_table.clone()
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        try:
+            result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError:
+            raise ValueError(
+                f"checkpoint does not fit {type(self).__name__} "
+                f"({self.encoder.num_layers}+{self.decoder.num_layers} layers, "
+                f"dim {self.encoder.shape.embed_dim}, {len(self.encoder.dictionary)} symbols): "
+                + describe_mismatch(self.state_dict(), state_dict)
+            ) from None
+        for stack in (self.encoder, self.decoder):
+            stack.check_exit_table(stack.exit_table, "checkpoint")
+        return result
+
+
+def _hashee_defaults(args):
+    args.exit_impl = getattr(args, "exit_impl", "skip")
+
+
+@register_model_architecture("hashee_bart", "hashee_bart_large")
+def hashee_bart_large_architecture(args):
+    _hashee_defaults(args)
+    bart_large_architecture(args)
+
+
+@register_model_architecture("hashee_bart", "hashee_bart_base")
+def hashee_bart_base_architecture(args):
+    _hashee_defaults(args)
+    bart_base_architecture(args)

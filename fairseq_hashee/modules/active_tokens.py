@@ -1,0 +1,58 @@
+"""Which positions a layer updates, as index tensors for gather/scatter.
+
+This is the one place that turns exit layers into the work a layer does
+(DESIGN.md section 1): layer ``i`` updates position ``t`` iff
+``exit[t] >= i``. Pad positions carry exit 0 and are never updated.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+class ActiveTokens(NamedTuple):
+    """The positions one layer updates, in row-major (batch row, then time) order.
+
+    Attention needs the active queries of a row side by side, so each active
+    position also gets a compact row index and a slot within its row; the
+    packed query tensor is ``(len(row_ids), n_slots, ...)``.
+    """
+
+    flat: Tensor  # (N,) index into the time-major states flattened to (T*B, C)
+    rows: Tensor  # (N,) index into row_ids
+    slots: Tensor  # (N,) slot of the position among its row's active positions
+    times: Tensor  # (N,) time index of the position within the given chunk
+    row_ids: Tensor  # (Ba,) batch rows with at least one active position
+    n_slots: int  # the largest number of active positions in one row
+    num_rows: int  # B, the batch size the indices refer to
+
+    @property
+    def all_rows(self) -> bool:
+        return self.row_ids.numel() == self.num_rows
+
+
+def select_active(exits: Tensor, layer: int) -> Optional[ActiveTokens]:
+    """Positions of time-major ``exits`` (T, B) that ``layer`` (1-based) updates.
+
+    Returns None when the layer updates nothing, so callers can skip it.
+    """
+    active = exits.t() >= layer  # (B, T)
+    per_row = active.sum(dim=1)
+    n_slots = int(per_row.max()) if per_row.numel() else 0
+    if n_slots == 0:
+        return None
+    num_rows = active.size(0)
+    b, t = active.nonzero(as_tuple=True)
+    has_active = per_row > 0
+    row_rank = torch.cumsum(has_active, dim=0) - 1
+    slot_of = torch.cumsum(active, dim=1) - 1
+    return ActiveTokens(
+        flat=t * num_rows + b,
+        rows=row_rank[b],
+        slots=slot_of[b, t],
+        times=t,
+        row_ids=has_active.nonzero().squeeze(1),
+        n_slots=n_slots,
+        num_rows=num_rows,
+    )

@@ -1,0 +1,141 @@
+"""FLOPs of a HashEE stack, spent and full, counted the way the paper reports them.
+
+A multiply-add is 2 FLOPs; norms, softmax and embeddings are left out. Per
+layer, a position the layer updates costs its query and output projections,
+its attention scores and weighted sum, and the feed-forward block; every
+position, updated or frozen, costs its key/value projections (DESIGN.md
+section 3). The decoder also counts the cross-attention key/value projections
+of the source (once per sentence when decoding incrementally) and the output
+projection of every position. Speed-up = FLOPs with every exit at L divided by
+FLOPs spent, which is what ``forward_active`` does.
+"""
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class StackShape:
+    layers: int
+    embed_dim: int
+    ffn_dim: int
+    kv_input_dim: int = 0  # decoder: dimension of the encoder output
+    vocab: int = 0  # decoder: size of the output projection
+
+
+def _as_full(exits: Tensor, layers: int) -> Tensor:
+    return torch.where(exits > 0, torch.full_like(exits, layers), exits)
+
+
+def encoder_flops(shape: StackShape, exits: Tensor) -> float:
+    """FLOPs of one encoder forward; ``exits`` (B, T) holds 0 at padding."""
+    d, f, num_layers = shape.embed_dim, shape.ffn_dim, shape.layers
+    exits = exits.double()
+    lengths = (exits > 0).sum(dim=1, keepdim=True).double()  # (B, 1)
+    kv = 4.0 * d * d * num_layers * lengths.sum()
+    per_layer = 4.0 * d * d + 4.0 * d * f + 4.0 * d * lengths
+    return float(kv + (exits * per_layer).sum())
+
+
+def decoder_flops(
+    shape: StackShape,
+    exits: Tensor,
+    positions: Tensor,
+    src_lengths: Tensor,
+    cross_kv_lengths: Optional[Tensor],
+) -> float:
+    """FLOPs of decoder positions ``exits`` (B, T) at absolute ``positions`` (B, T).
+
+    ``src_lengths`` (B,) are the source lengths each row attends to;
+    ``cross_kv_lengths`` are the source lengths whose cross-attention keys and
+    values this call projects (None when they come from the cache).
+    """
+    d, f, num_layers = shape.embed_dim, shape.ffn_dim, shape.layers
+    real = (exits > 0).double()
+    exits = exits.double()
+    per_layer = (
+        8.0 * d * d
+        + 4.0 * d * f
+        + 4.0 * d * (positions.double() + 1.0)
+        + 4.0 * d * src_lengths.double()[:, None]
+    )
+    per_position = 4.0 * d * d * num_layers + 2.0 * d * shape.vocab
+    total = (exits * per_layer).sum() + per_position * real.sum()
+    if cross_kv_lengths is not None:
+        total = total + 4.0 * d * shape.kv_input_dim * num_layers * cross_kv_lengths.double().sum()
+    return float(total)
+
+
+class SpeedupMeter:
+    """Running sums of FLOPs (spent and full) and exit layers, per stack."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = defaultdict(float)
+
+    def add(self, stack: str, spent: float, full: float, exits: Tensor):
+        real = exits > 0
+        self.sums[f"{stack}_flops_spent"] += spent
+        self.sums[f"{stack}_flops_full"] += full
+        self.sums[f"{stack}_exit_sum"] += float(exits[real].double().sum())
+        self.sums[f"{stack}_positions"] += float(real.sum())
+
+    def add_encoder(self, shape: StackShape, exits: Tensor):
+        self.add(
+            "encoder",
+            encoder_flops(shape, exits),
+            encoder_flops(shape, _as_full(exits, shape.layers)),
+            exits,
+        )
+
+    def add_decoder(self, shape: StackShape, exits: Tensor, positions, src_lengths, cross_kv_lengths):
+        full = _as_full(exits, shape.layers)
+        self.add(
+            "decoder",
+            decoder_flops(shape, exits, positions, src_lengths, cross_kv_lengths),
+            decoder_flops(shape, full, positions, src_lengths, cross_kv_lengths),
+            exits,
+        )
+
+
+def speedup_report(sums: Dict[str, float]) -> Dict[str, float]:
+    """Speed-ups and mean exit layers from (possibly aggregated) meter sums."""
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den else 0.0
+
+    report = {}
+    for stack, short in (("encoder", "enc"), ("decoder", "dec")):
+        report[f"{short}_speedup"] = ratio(sums.get(f"{stack}_flops_full", 0.0), sums.get(f"{stack}_flops_spent", 0.0))
+        report[f"{short}_mean_exit"] = ratio(sums.get(f"{stack}_exit_sum", 0.0), sums.get(f"{stack}_positions", 0.0))
+    report["total_speedup"] = ratio(
+        sums.get("encoder_flops_full", 0.0) + sums.get("decoder_flops_full", 0.0),
+        sums.get("encoder_flops_spent", 0.0) + sums.get("decoder_flops_spent", 0.0),
+    )
+    return report
+
+
+def format_report(report: Dict[str, float]) -> str:
+    return (
+        f"speed-up (FLOPs): encoder {report['enc_speedup']:.2f}x, "
+        f"decoder {report['dec_speedup']:.2f}x, total {report['total_speedup']:.2f}x; "
+        f"mean exit layer: encoder {report['enc_mean_exit']:.2f}, decoder {report['dec_mean_exit']:.2f}"
+    )
+
+
+@contextlib.contextmanager
+def measuring(model) -> Iterator[SpeedupMeter]:
+    """Count FLOPs of every HashEE stack in ``model`` while the block runs."""
+    meter = SpeedupMeter()
+    stacks = [m for m in model.modules() if hasattr(m, "speedup_meter")]
+    for m in stacks:
+        m.speedup_meter = meter
+    try:
+        yield meter
+    finally:
+        for m in stacks:
+            m.speedup_meter = None

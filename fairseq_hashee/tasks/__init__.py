@@ -1,0 +1,1 @@
+from .hashee_summarization import HashEESummarizationTask  # noqa: F401

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-hashee",
+    version="0.1.0",
+    description="Hash-based early exiting (HashEE) for fairseq sequence-to-sequence summarization",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fairseq_hashee", "fairseq_hashee.*"]),
+    python_requires=">=3.8",
+    install_requires=[
+        "torch>=2.0",
+        # fairseq 0.12.2 does not import on Python >= 3.11 (dataclass mutable
+        # defaults); fairseq-fixed is the same code with that fixed.
+        'fairseq==0.12.2; python_version < "3.11"',
+        'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
+        "numpy",
+        "sentencepiece",
+        "rouge-score",
+        "jieba",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "hashee-rouge=fairseq_hashee.cli.rouge:main",
+            "hashee-sample-data=fairseq_hashee.cli.sample_data:main",
+            "hashee-spm=fairseq_hashee.cli.spm:main",
+        ]
+    },
+)
