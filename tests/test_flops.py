@@ -1,0 +1,69 @@
+"""The FLOPs we report are the FLOPs the skipping path executes.
+
+torch's own FlopCounterMode counts the matrix products the skip path really
+runs; on single unpadded sentences (no packing slack) and incremental decoding
+(no causal-mask slack) that count must equal our closed form exactly.
+"""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from conftest import build_hashee, random_batch, random_tables, tiny_dictionary
+from fairseq_hashee.modules import flops
+
+
+def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+# torch counts the fused CPU attention kernel only when told how.
+_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
+
+
+def _measured(fn):
+    with FlopCounterMode(display=False, custom_mapping=_MAPPING) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_counted_flops_are_executed_flops(seed):
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, seed=seed, layers=4)
+    gen = torch.Generator().manual_seed(seed)
+    random_tables(model, gen)
+    src, src_lengths, prev = random_batch(dictionary, gen, bsz=1, src_len=12, tgt_len=7)
+    assert (model.decoder.exit_table[prev] < 4).any(), "pick a seed whose tokens exit early"
+    with torch.no_grad(), flops.measuring(model) as meter:
+        executed = _measured(lambda: model.encoder(src, src_lengths))
+        assert executed == meter.sums["encoder_flops_spent"]
+        encoder_out = model.encoder(src, src_lengths)
+        state, executed = {}, 0
+        before = meter.sums["decoder_flops_spent"]
+        for step in range(prev.size(1)):
+            executed += _measured(
+                lambda: model.decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
+            )
+        assert executed == meter.sums["decoder_flops_spent"] - before
+    report = flops.speedup_report(meter.sums)
+    assert report["enc_speedup"] > 1.0 and report["dec_speedup"] > 1.0
+
+
+def test_no_exits_means_no_speedup():
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary)
+    src, src_lengths, prev = random_batch(dictionary, torch.Generator().manual_seed(0))
+    with torch.no_grad(), flops.measuring(model) as meter:
+        model(src, src_lengths, prev)
+    report = flops.speedup_report(meter.sums)
+    assert report["enc_speedup"] == report["dec_speedup"] == report["total_speedup"] == 1.0
+    assert report["enc_mean_exit"] == report["dec_mean_exit"] == model.encoder.num_layers
+
+
+def test_hand_computed_encoder_flops():
+    shape = flops.StackShape(layers=2, embed_dim=4, ffn_dim=8)
+    exits = torch.tensor([[0, 1, 2]])  # one pad, two tokens exiting at 1 and 2
+    kv = 4 * 16 * 2 * 2  # K and V of 2 tokens in 2 layers
+    per_token_layer = 4 * 16 + 4 * 4 * 8 + 4 * 4 * 2  # q+o, FFN, attention over 2 keys
+    assert flops.encoder_flops(shape, exits) == kv + 3 * per_token_layer

@@ -1,0 +1,70 @@
+"""The skipping path computes what the masked reference definition computes."""
+
+import pytest
+import torch
+
+from conftest import build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
+
+ATOL = 1e-5
+
+
+def _forward(model, impl, batch):
+    set_exit_impl(model, impl)
+    src, src_lengths, prev = batch
+    enc = model.encoder(src, src_lengths)["encoder_out"][0]
+    logits = model(src, src_lengths, prev)[0]
+    return enc, logits
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("train", [False, True])
+def test_skip_equals_masked(seed, train):
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, seed=seed, layers=4)
+    gen = torch.Generator().manual_seed(100 + seed)
+    random_tables(model, gen)
+    batch = random_batch(dictionary, gen, bsz=5, src_len=11, tgt_len=8)
+    src, _, prev = batch
+    model.train(train)  # dropout is 0: training mode must not change the result
+
+    results = {}
+    for impl in ("masked", "skip"):
+        model.zero_grad()
+        enc, logits = _forward(model, impl, batch)
+        logits[prev.ne(1)].logsumexp(-1).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[impl] = (enc.detach(), logits.detach(), grads)
+
+    (enc_m, logits_m, grads_m), (enc_s, logits_s, grads_s) = results["masked"], results["skip"]
+    assert (enc_m - enc_s)[src.ne(1).t()].abs().max() < ATOL
+    assert (logits_m - logits_s)[prev.ne(1)].abs().max() < ATOL
+    assert grads_m.keys() == grads_s.keys()
+    for name in grads_m:
+        assert torch.allclose(grads_m[name], grads_s[name], atol=1e-4), name
+
+
+def test_exits_change_the_output():
+    """Guards the tests above: the tables really take effect."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=4)
+    gen = torch.Generator().manual_seed(7)
+    batch = random_batch(dictionary, gen)
+    with torch.no_grad():
+        _, full = _forward(model, "skip", batch)
+        random_tables(model, gen)
+        _, exited = _forward(model, "skip", batch)
+    assert (full - exited).abs().max() > 1e-3
+
+
+def test_a_layer_nobody_reaches_is_skipped():
+    """Layers above every token's exit do no work and leave the states untouched."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=3)
+    table = torch.ones(len(dictionary), dtype=torch.long)
+    model.encoder.set_exit_table(table)  # even special symbols stop at layer 1
+    for layer in model.encoder.layers[1:]:
+        layer.forward_active = lambda *args: pytest.fail("a layer with no active token ran")
+    src, src_lengths, _ = random_batch(dictionary, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        states = model.encoder(src, src_lengths, return_all_hiddens=True)["encoder_states"]
+    assert torch.equal(states[1], states[2]) and torch.equal(states[2], states[3])
