@@ -34,10 +34,10 @@ def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, 
 
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
+    # Exit tables first: their size is the dictionary's, the usual culprit.
     reshaped = sorted(
-        k
-        for k in set(expected) & set(found)
-        if tuple(expected[k].shape) != tuple(found[k].shape)
+        (k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape)),
+        key=lambda k: (not k.endswith("exit_table"), k),
     )
     parts = []
     if missing:

@@ -10,6 +10,7 @@ import re
 from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
+from .errors import HashEEError
 
 HASH_TYPES = ("random", "frequency")
 
@@ -38,15 +39,15 @@ def exit_buckets(
     else:
         max_layer = num_layers if max_layer is None else max_layer
         if step < 1:
-            raise ValueError(f"{option}: step must be >= 1, got {step}")
+            raise HashEEError(f"{option}: step must be >= 1, got {step}")
         if min_layer > max_layer:
-            raise ValueError(
+            raise HashEEError(
                 f"{option}: min layer {min_layer} is above max layer {max_layer}"
             )
         buckets = list(range(min_layer, max_layer + 1, step))
     bad = [b for b in buckets if not 1 <= b <= num_layers]
     if bad:
-        raise ValueError(
+        raise HashEEError(
             f"{option}: exit layer(s) {bad} outside the stack's layers 1..{num_layers}"
         )
     return buckets
@@ -59,7 +60,7 @@ def parse_layer_list(text: Optional[str], option: str) -> Optional[List[int]]:
     try:
         return [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
     except ValueError:
-        raise ValueError(
+        raise HashEEError(
             f"{option}: expected a comma-separated list of layers, got {text!r}"
         ) from None
 
@@ -116,6 +117,6 @@ def build_table(
         return random_table(counts, special, buckets, num_layers, seed)
     if hash_type == "frequency":
         return frequency_table(counts, special, buckets, num_layers)
-    raise ValueError(
+    raise HashEEError(
         f"unknown hash type {hash_type!r}; expected one of {', '.join(HASH_TYPES)}"
     )

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 from fairseq.data import data_utils
+from .errors import HashEEError
 
 _CHUNK_TOKENS = 1 << 22
 
@@ -17,7 +18,7 @@ def load_side(data_path: str, split: str, src: str, tgt: str, lang: str, diction
         dataset = data_utils.load_indexed_dataset(prefix, dictionary, dataset_impl)
         if dataset is not None:
             return dataset
-    raise FileNotFoundError(
+    raise HashEEError(
         f"hash tables need token statistics of split {split!r}: no binarized data at "
         f"{' or '.join(p + '.bin' for p in tried)} (see --hash-stats-subset)"
     )
@@ -30,7 +31,7 @@ def count_tokens(dataset, vocab_size: int, name: str = "dataset") -> np.ndarray:
     def add(chunk):
         found = np.bincount(np.concatenate(chunk), minlength=vocab_size)
         if found.size > vocab_size:
-            raise ValueError(
+            raise HashEEError(
                 f"{name}: holds id {found.size - 1} but the dictionary has only "
                 f"{vocab_size} symbols; was it binarized with another dict.txt?"
             )

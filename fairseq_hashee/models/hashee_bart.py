@@ -9,6 +9,8 @@ task built.
 
 import logging
 
+import torch
+
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
@@ -17,6 +19,7 @@ from fairseq.models.transformer import TransformerConfig
 from ..checkpoints import describe_mismatch
 from ..modules.exit_table import EXIT_IMPLS
 from .hashee_transformer import HashEEDecoder, HashEEEncoder
+from ..errors import HashEEError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ _UNSUPPORTED = {
 def check_supported(args) -> None:
     for name, what in _UNSUPPORTED.items():
         if getattr(args, name, None):
-            raise ValueError(f"--{name.replace('_', '-')}: {what} is not supported by HashEE models")
+            raise HashEEError(f"--{name.replace('_', '-')}: {what} is not supported by HashEE models")
 
 
 @register_model("hashee_bart")
@@ -79,12 +82,21 @@ class HashEEBARTModel(BARTModel):
             if key not in state_dict:
                 logger.info(f"checkpoint has no {key}; keeping the table built by the task")
                 state_dict[key] = stack.exit_table.clone()
+            elif (
+                stack.exit_table_source is not None
+                and state_dict[key].shape == stack.exit_table.shape
+                and not torch.equal(state_dict[key].to(stack.exit_table), stack.exit_table)
+            ):
+                # Resuming must keep the exits the model was trained with.
+                logger.warning(
+                    f"using the checkpoint's {key}, not the table {stack.exit_table_source} built"
+                )
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         try:
             result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         except RuntimeError:
-            raise ValueError(
+            raise HashEEError(
                 f"checkpoint does not fit {type(self).__name__} "
                 f"({self.encoder.num_layers}+{self.decoder.num_layers} layers, "
                 f"dim {self.encoder.shape.embed_dim}, {len(self.encoder.dictionary)} symbols): "

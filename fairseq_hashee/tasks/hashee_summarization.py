@@ -28,6 +28,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from .. import hash_functions
 from ..modules import flops
 from ..token_stats import count_tokens, load_side
+from ..errors import HashEEError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class HashEESummarizationTask(TranslationTask):
         model = super().build_model(cfg, from_checkpoint)
         for stack in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
             if not hasattr(stack, "exit_table"):
-                raise ValueError(
+                raise HashEEError(
                     f"--task hashee_summarization needs a HashEE model "
                     f"(--arch hashee_bart_base, ...), got --arch {getattr(cfg, 'arch', cfg)}"
                 )
@@ -162,6 +163,15 @@ class HashEESummarizationTask(TranslationTask):
             for layer in sorted(types)
         )
         logger.info(f"{stack} exit table ({hash_type}): {per_layer}")
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq 0.12's batch_by_size drops the last batch when its size is not
+        # a multiple of --required-batch-size-multiple (default 8; fairseq issue
+        # #5036): fine for training, but validation and generation would silently
+        # lose up to 7 examples. Only the training split keeps the multiple.
+        if dataset is not self.datasets.get(self.cfg.train_subset):
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, *args, **kwargs)
 
     # -- speed-up reporting -------------------------------------------------
 
