@@ -10,9 +10,11 @@ import re
 from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
-from .errors import HashEEError
 
-HASH_TYPES = ("random", "frequency")
+from .errors import HashEEError
+from .token_stats import TokenStats
+
+HASH_TYPES = ("random", "frequency", "mi")
 
 # Symbols that carry structure rather than content never exit early: fairseq's
 # <s>/<pad>/</s>/<unk>, BART's <mask>, BERT's [CLS]/[SEP]/[MASK], language tags
@@ -104,19 +106,56 @@ def frequency_table(
     return table
 
 
+def mutual_information(counts: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    """MI (nats) between "this occurrence is of type v" and its binary label, per type v.
+
+    ``counts[v]`` occurrences of v, ``labeled[v]`` of them with label 1.
+    """
+    n = counts.astype(np.float64)
+    k = labeled.astype(np.float64)
+    total, positives = n.sum(), k.sum()
+    if total == 0:
+        return np.zeros_like(n)
+    # The 2x2 table of (is v, label) per type, and its margins.
+    cells = [(k, n, positives), (n - k, n, total - positives),
+             (positives - k, total - n, positives), (total - n - positives + k, total - n, total - positives)]
+    mi = np.zeros_like(n)
+    for joint, row, col in cells:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = joint / total * np.log(joint * total / (row * col))
+        mi += np.where(joint > 0, term, 0.0)
+    return mi
+
+
+def mi_table(
+    counts: np.ndarray, labeled: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int
+) -> np.ndarray:
+    """Types with the highest mutual information with the label exit earliest, in equal groups."""
+    table = np.full(len(counts), num_layers, dtype=np.int64)
+    hashable = np.flatnonzero((counts > 0) & ~special)
+    mi = mutual_information(counts, labeled)
+    order = hashable[np.argsort(-mi[hashable], kind="stable")]
+    _assign_by_rank(order, buckets, table)
+    return table
+
+
 def build_table(
     hash_type: str,
-    counts: np.ndarray,
+    stats: TokenStats,
     special: np.ndarray,
     buckets: Sequence[int],
     num_layers: int,
     seed: int,
 ) -> np.ndarray:
-    """Dispatch on ``hash_type``; ``counts`` are training-set token counts per id."""
+    """Dispatch on ``hash_type``; ``stats`` are training-set token statistics."""
     if hash_type == "random":
-        return random_table(counts, special, buckets, num_layers, seed)
+        return random_table(stats.counts, special, buckets, num_layers, seed)
     if hash_type == "frequency":
-        return frequency_table(counts, special, buckets, num_layers)
+        return frequency_table(stats.counts, special, buckets, num_layers)
+    if hash_type == "mi":
+        if stats.labeled is None:
+            raise HashEEError("the mi hash needs labeled statistics (both sides of the split)")
+        return mi_table(stats.counts, stats.labeled, special, buckets, num_layers)
     raise HashEEError(
         f"unknown hash type {hash_type!r}; expected one of {', '.join(HASH_TYPES)}"
     )

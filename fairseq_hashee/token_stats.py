@@ -1,9 +1,12 @@
 """Token statistics of a binarized fairseq split, the input of the data-driven hashes."""
 
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from fairseq.data import data_utils
+
 from .errors import HashEEError
 
 _CHUNK_TOKENS = 1 << 22
@@ -24,27 +27,46 @@ def load_side(data_path: str, split: str, src: str, tgt: str, lang: str, diction
     )
 
 
-def count_tokens(dataset, vocab_size: int, name: str = "dataset") -> np.ndarray:
-    """Occurrences of every id over all sentences of an indexed dataset."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
+@dataclass
+class TokenStats:
+    """Per-id occurrence counts of one side of a split.
 
-    def add(chunk):
+    ``labeled`` counts the occurrences whose id also occurs in the paired
+    sentence of the other side (for a source token: it occurs in the reference
+    summary), the label of the mutual-information hash; None when not gathered.
+    """
+
+    counts: np.ndarray
+    labeled: Optional[np.ndarray] = None
+
+
+def token_stats(dataset, vocab_size: int, paired=None, name: str = "dataset") -> TokenStats:
+    """Statistics of every id over all sentences of an indexed dataset.
+
+    With ``paired`` (the other side, sentence-aligned) the labeled counts are gathered too.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    labeled = np.zeros(vocab_size, dtype=np.int64) if paired is not None else None
+
+    def add(target, chunk):
         found = np.bincount(np.concatenate(chunk), minlength=vocab_size)
         if found.size > vocab_size:
             raise HashEEError(
                 f"{name}: holds id {found.size - 1} but the dictionary has only "
                 f"{vocab_size} symbols; was it binarized with another dict.txt?"
             )
-        counts[:] += found
+        target += found
 
-    pending, pending_len = [], 0
+    pending, pending_labeled, pending_len = [], [], 0
     for i in range(len(dataset)):
         ids = np.asarray(dataset[i], dtype=np.int64)
         pending.append(ids)
+        if paired is not None:
+            pending_labeled.append(ids[np.isin(ids, np.asarray(paired[i]))])
         pending_len += ids.size
-        if pending_len >= _CHUNK_TOKENS:
-            add(pending)
-            pending, pending_len = [], 0
-    if pending:
-        add(pending)
-    return counts
+        if pending_len >= _CHUNK_TOKENS or i == len(dataset) - 1:
+            add(counts, pending)
+            if paired is not None:
+                add(labeled, pending_labeled)
+            pending, pending_labeled, pending_len = [], [], 0
+    return TokenStats(counts, labeled)

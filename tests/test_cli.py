@@ -237,3 +237,11 @@ def test_a_checkpoint_carrying_a_callable_is_refused(trained, data_bin, tmp_path
     assert proc.returncode != 0
     assert "Weights only load failed" in proc.stderr
     assert not marker.exists()
+
+
+def test_mi_hash_builds_tables_from_both_sides(data_bin, tmp_path):
+    proc = train(data_bin, tmp_path, "--max-update", 1, "--encoder-hash-type", "mi",
+                 "--decoder-exits", "--decoder-hash-type", "mi")
+    assert "encoder exit table (mi)" in proc.stdout + proc.stderr
+    enc, dec = tables(tmp_path / "checkpoint_last.pt")
+    assert (enc < LAYERS).any() and (dec < LAYERS).any()

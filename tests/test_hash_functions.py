@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
+import math
+
+import torch
+
 from fairseq_hashee import hash_functions as hf
+from fairseq_hashee.token_stats import TokenStats, token_stats
 
 L = 6
 SYMBOLS = ["<s>", "<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(20)] + ["<mask>", "[CLS]", "__en__", "madeupword0000"]
@@ -14,6 +19,12 @@ def _counts(seed=0):
     return counts
 
 
+def _stats(seed=0):
+    counts = _counts(seed)
+    labeled = np.random.default_rng(seed + 1).integers(0, counts + 1)
+    return TokenStats(counts, labeled)
+
+
 def test_special_symbols_are_recognised():
     specials = [s for s, m in zip(SYMBOLS, SPECIAL) if m]
     assert specials == ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "[CLS]", "__en__", "madeupword0000"]
@@ -22,8 +33,8 @@ def test_special_symbols_are_recognised():
 @pytest.mark.parametrize("hash_type", hf.HASH_TYPES)
 def test_tables_are_deterministic_and_keep_specials_and_unseen_at_last_layer(hash_type):
     buckets = hf.exit_buckets(L)
-    a = hf.build_table(hash_type, _counts(), SPECIAL, buckets, L, seed=3)
-    b = hf.build_table(hash_type, _counts(), SPECIAL, buckets, L, seed=3)
+    a = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3)
+    b = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3)
     assert np.array_equal(a, b)
     assert (a[SPECIAL] == L).all()
     assert a[7] == L
@@ -32,9 +43,9 @@ def test_tables_are_deterministic_and_keep_specials_and_unseen_at_last_layer(has
 
 def test_random_depends_on_seed_only():
     buckets = [1, 2, 3]
-    a = hf.build_table("random", _counts(0), SPECIAL, buckets, L, seed=1)
-    b = hf.build_table("random", _counts(1), SPECIAL, buckets, L, seed=1)  # other counts, same seen set
-    c = hf.build_table("random", _counts(0), SPECIAL, buckets, L, seed=2)
+    a = hf.build_table("random", _stats(0), SPECIAL, buckets, L, seed=1)
+    b = hf.build_table("random", _stats(1), SPECIAL, buckets, L, seed=1)  # other counts, same seen set
+    c = hf.build_table("random", _stats(0), SPECIAL, buckets, L, seed=2)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -76,4 +87,47 @@ def test_buckets():
 
 def test_unknown_hash_type():
     with pytest.raises(ValueError, match="unknown hash type 'md5'"):
-        hf.build_table("md5", _counts(), SPECIAL, [1], L, seed=1)
+        hf.build_table("md5", _stats(), SPECIAL, [1], L, seed=1)
+
+
+def test_mi_on_a_hand_made_corpus():
+    # ids: 0..3 specials, 4=a, 5=b, 6=c; pairs (source | summary): "a b c | a" and "a c | c"
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", "a", "b", "c"]
+    sources = [torch.tensor([4, 5, 6]), torch.tensor([4, 6])]
+    summaries = [torch.tensor([4]), torch.tensor([6])]
+    stats = token_stats(sources, len(symbols), paired=summaries)
+    assert stats.counts.tolist() == [0, 0, 0, 0, 2, 1, 2]
+    assert stats.labeled.tolist() == [0, 0, 0, 0, 1, 0, 1]
+    # 5 source occurrences, 2 of them labeled. Type a: 2 occurrences, 1 labeled.
+    by_hand_a = (
+        1 / 5 * math.log((1 / 5) / ((2 / 5) * (2 / 5)))  # is a, labeled
+        + 1 / 5 * math.log((1 / 5) / ((2 / 5) * (3 / 5)))  # is a, not labeled
+        + 1 / 5 * math.log((1 / 5) / ((3 / 5) * (2 / 5)))  # not a, labeled
+        + 2 / 5 * math.log((2 / 5) / ((3 / 5) * (3 / 5)))  # not a, not labeled
+    )
+    # Type b: 1 occurrence, not labeled.
+    by_hand_b = (
+        1 / 5 * math.log((1 / 5) / ((1 / 5) * (3 / 5)))
+        + 2 / 5 * math.log((2 / 5) / ((4 / 5) * (2 / 5)))
+        + 2 / 5 * math.log((2 / 5) / ((4 / 5) * (3 / 5)))
+    )
+    mi = hf.mutual_information(stats.counts, stats.labeled)
+    assert mi[4] == pytest.approx(by_hand_a) and mi[6] == pytest.approx(by_hand_a)
+    assert mi[5] == pytest.approx(by_hand_b)
+    table = hf.build_table("mi", stats, hf.special_symbol_mask(symbols, 4), [1, 2], 3, seed=0)
+    # b has the higher MI (0.0437 vs 0.0014 nats): it exits first.
+    assert by_hand_b > by_hand_a
+    assert table.tolist() == [3, 3, 3, 3, 1, 1, 2]
+
+
+def test_mi_groups_are_equal_and_ordered():
+    stats = _stats()
+    table = hf.build_table("mi", stats, SPECIAL, [2, 4, 6], L, seed=0)
+    mi = hf.mutual_information(stats.counts, stats.labeled)
+    hashable = np.flatnonzero((stats.counts > 0) & ~SPECIAL)
+    sizes = [int((table[hashable] == b).sum()) for b in (2, 4, 6)]
+    assert max(sizes) - min(sizes) <= 1
+    for i in hashable:
+        for j in hashable:
+            if mi[i] > mi[j]:
+                assert table[i] <= table[j]

@@ -17,9 +17,9 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 from fairseq.models.transformer import TransformerConfig
 
 from ..checkpoints import describe_mismatch
+from ..errors import HashEEError
 from ..modules.exit_table import EXIT_IMPLS
 from .hashee_transformer import HashEEDecoder, HashEEEncoder
-from ..errors import HashEEError
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 import torch
 from torch import Tensor
+
 from ..errors import HashEEError
 
 EXIT_IMPLS = ("skip", "masked")

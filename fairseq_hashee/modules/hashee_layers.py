@@ -53,11 +53,7 @@ class HashEEEncoderLayer(_ActiveSublayers, TransformerEncoderLayerBase):
         rows = None if sel.all_rows else sel.row_ids
         # Keys and values come from every position of the rows that have a query.
         kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        if rows is not None:
-            kv_in_rows = kv_in.index_select(1, rows)
-        else:
-            kv_in_rows = kv_in
-        keys, values = project_kv(self.self_attn, kv_in_rows)
+        keys, values = project_kv(self.self_attn, kv_in if rows is None else kv_in.index_select(1, rows))
 
         residual = x.reshape(-1, dim).index_select(0, sel.flat)
         query = kv_in.reshape(-1, dim).index_select(0, sel.flat)

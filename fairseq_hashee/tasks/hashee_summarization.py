@@ -26,9 +26,9 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import hash_functions
-from ..modules import flops
-from ..token_stats import count_tokens, load_side
 from ..errors import HashEEError
+from ..modules import flops
+from ..token_stats import load_side, token_stats
 
 logger = logging.getLogger(__name__)
 
@@ -115,26 +115,32 @@ class HashEESummarizationTask(TranslationTask):
         split = cfg.hash_stats_subset or cfg.train_subset
         data_path = utils.split_paths(cfg.data)[0]
 
-        def table_for(stack, lang, dictionary, hash_type, buckets):
+        def side(lang, dictionary):
+            return load_side(data_path, split, cfg.source_lang, cfg.target_lang, lang, dictionary, cfg.dataset_impl)
+
+        def table_for(stack, lang, dictionary, other_lang, other_dictionary, hash_type, buckets):
             if buckets is None:
                 return torch.full((len(dictionary),), stack.num_layers, dtype=torch.long)
-            dataset = load_side(
-                data_path, split, cfg.source_lang, cfg.target_lang, lang, dictionary, cfg.dataset_impl
+            # The mi hash labels an occurrence by whether its token is also on the
+            # other side of the pair (a source token in the reference summary).
+            paired = side(other_lang, other_dictionary) if hash_type == "mi" else None
+            stats = token_stats(
+                side(lang, dictionary), len(dictionary), paired, name=f"{data_path}/{split} ({lang})"
             )
-            counts = count_tokens(dataset, len(dictionary), name=f"{data_path}/{split} ({lang})")
             special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
             table = hash_functions.build_table(
-                hash_type, counts, special, buckets, stack.num_layers, cfg.hash_seed
+                hash_type, stats, special, buckets, stack.num_layers, cfg.hash_seed
             )
-            self._log_table(stack.stack_name, hash_type, table, counts)
+            self._log_table(stack.stack_name, hash_type, table, stats.counts)
             return torch.from_numpy(table)
 
+        src, tgt = cfg.source_lang, cfg.target_lang
         model.encoder.set_exit_table(
-            table_for(model.encoder, cfg.source_lang, self.src_dict, cfg.encoder_hash_type, enc_buckets),
+            table_for(model.encoder, src, self.src_dict, tgt, self.tgt_dict, cfg.encoder_hash_type, enc_buckets),
             "--encoder-hash-type",
         )
         model.decoder.set_exit_table(
-            table_for(model.decoder, cfg.target_lang, self.tgt_dict, cfg.decoder_hash_type, dec_buckets),
+            table_for(model.decoder, tgt, self.tgt_dict, src, self.src_dict, cfg.decoder_hash_type, dec_buckets),
             "--decoder-hash-type",
         )
 
