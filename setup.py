@@ -25,6 +25,7 @@ setup(
             "hashee-rouge=fairseq_hashee.cli.rouge:main",
             "hashee-sample-data=fairseq_hashee.cli.sample_data:main",
             "hashee-spm=fairseq_hashee.cli.spm:main",
+            "hashee-table=fairseq_hashee.cli.table:main",
         ]
     },
 )

@@ -1,9 +1,10 @@
 """Summarization with HashEE: fairseq's translation task plus exit-table building.
 
-When a model is built for training, the task hashes every dictionary symbol to
-an exit layer, one table per stack, from token statistics of the training
-split (source side for the encoder, target side for the decoder) and installs
-the tables in the model; they are saved with every checkpoint. When a model is
+When a model is built for training, the task gives each stack a table that
+maps every dictionary symbol to an exit layer: read from a file
+(--encoder/decoder-hash-table) or hashed from token statistics of the training
+split (source side for the encoder, target side for the decoder). The tables
+are saved with every checkpoint. When a model is
 rebuilt from a checkpoint (fairseq-generate, fairseq-interactive, resuming),
 the checkpoint's tables are used unchanged.
 
@@ -13,11 +14,9 @@ metrics and at the end of fairseq-generate / fairseq-interactive.
 
 import atexit
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
@@ -28,7 +27,8 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from .. import hash_functions
 from ..errors import HashEEError
 from ..modules import flops
-from ..token_stats import load_side, token_stats
+from ..table_builder import SplitSides, build_stack_table, histogram
+from ..table_file import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ class HashEESummarizationConfig(TranslationConfig):
     )
     decoder_exit_step: int = field(default=1, metadata={"help": "step between decoder exit layers"})
     hash_seed: int = field(default=1, metadata={"help": "seed of the random hash"})
+    encoder_hash_table: Optional[str] = field(
+        default=None,
+        metadata={"help": "load the encoder table from this file (see hashee-table) instead of building it"},
+    )
+    decoder_hash_table: Optional[str] = field(
+        default=None,
+        metadata={"help": "load the decoder table from this file instead of building it (implies decoder exits)"},
+    )
     hash_stats_subset: Optional[str] = field(
         default=None,
         metadata={"help": "split whose token statistics build the tables (default: --train-subset)"},
@@ -108,41 +116,31 @@ class HashEESummarizationTask(TranslationTask):
         return model
 
     def install_exit_tables(self, model) -> None:
-        """Build both tables from the statistics split and put them in ``model``."""
+        """Put one table per stack in ``model``: loaded from a file, or built from data."""
         cfg = self.cfg
-        enc_buckets = self._buckets("encoder", model.encoder.num_layers)
-        dec_buckets = self._buckets("decoder", model.decoder.num_layers) if cfg.decoder_exits else None
-        split = cfg.hash_stats_subset or cfg.train_subset
-        data_path = utils.split_paths(cfg.data)[0]
-
-        def side(lang, dictionary):
-            return load_side(data_path, split, cfg.source_lang, cfg.target_lang, lang, dictionary, cfg.dataset_impl)
-
-        def table_for(stack, lang, dictionary, other_lang, other_dictionary, hash_type, buckets):
-            if buckets is None:
-                return torch.full((len(dictionary),), stack.num_layers, dtype=torch.long)
-            # The mi hash labels an occurrence by whether its token is also on the
-            # other side of the pair (a source token in the reference summary).
-            paired = side(other_lang, other_dictionary) if hash_type == "mi" else None
-            stats = token_stats(
-                side(lang, dictionary), len(dictionary), paired, name=f"{data_path}/{split} ({lang})"
-            )
-            special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
-            table = hash_functions.build_table(
-                hash_type, stats, special, buckets, stack.num_layers, cfg.hash_seed
-            )
-            self._log_table(stack.stack_name, hash_type, table, stats.counts)
-            return torch.from_numpy(table)
-
-        src, tgt = cfg.source_lang, cfg.target_lang
-        model.encoder.set_exit_table(
-            table_for(model.encoder, src, self.src_dict, tgt, self.tgt_dict, cfg.encoder_hash_type, enc_buckets),
-            "--encoder-hash-type",
+        sides = SplitSides(
+            utils.split_paths(cfg.data)[0],
+            cfg.hash_stats_subset or cfg.train_subset,
+            cfg.source_lang,
+            cfg.target_lang,
+            self.src_dict,
+            self.tgt_dict,
+            cfg.dataset_impl,
         )
-        model.decoder.set_exit_table(
-            table_for(model.decoder, tgt, self.tgt_dict, src, self.src_dict, cfg.decoder_hash_type, dec_buckets),
-            "--decoder-hash-type",
-        )
+        for stack in (model.encoder, model.decoder):
+            name = stack.stack_name
+            path = getattr(cfg, f"{name}_hash_table")
+            if path:
+                loaded = read_table(path, stack.dictionary.symbols, name, stack.num_layers)
+                logger.info(f"{name} exit table from {path} ({loaded.hash_type} {loaded.options})")
+                stack.set_exit_table(torch.from_numpy(loaded.table), path)
+            elif name == "encoder" or cfg.decoder_exits:
+                hash_type = getattr(cfg, f"{name}_hash_type")
+                built, stats = build_stack_table(
+                    sides, name, hash_type, self._buckets(name, stack.num_layers), stack.num_layers, cfg.hash_seed
+                )
+                logger.info(f"{name} exit table ({hash_type}): {histogram(built.table, stats.counts)}")
+                stack.set_exit_table(torch.from_numpy(built.table), f"--{name}-hash-type")
 
     def _buckets(self, stack: str, num_layers: int):
         cfg = self.cfg
@@ -158,17 +156,6 @@ class HashEESummarizationTask(TranslationTask):
             step=getattr(cfg, f"{stack}_exit_step"),
             option=option,
         )
-
-    @staticmethod
-    def _log_table(stack: str, hash_type: str, table: np.ndarray, counts: np.ndarray):
-        types = Counter(table.tolist())
-        mass = np.bincount(table, weights=counts, minlength=table.max() + 1)
-        total = max(counts.sum(), 1)
-        per_layer = ", ".join(
-            f"{layer}: {types[layer]} types / {100.0 * mass[layer] / total:.1f}% tokens"
-            for layer in sorted(types)
-        )
-        logger.info(f"{stack} exit table ({hash_type}): {per_layer}")
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # fairseq 0.12's batch_by_size drops the last batch when its size is not

@@ -1,0 +1,137 @@
+"""Build a HashEE exit table and print its bucket histogram and expected FLOPs speed-up.
+
+From a binarized dataset (every hash type)::
+
+    hashee-table DATA_BIN --stack encoder --num-layers 6 --hash-type frequency -o enc.table
+
+or from a fairseq dict.txt and its counts (random and frequency)::
+
+    hashee-table --dict dict.txt --stack encoder --num-layers 6 --hash-type random -o enc.table
+
+The file is what ``--encoder-hash-table`` / ``--decoder-hash-table`` load.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from fairseq.data import Dictionary
+
+from .. import hash_functions
+from ..errors import HashEEError
+from ..io_utils import atomic_write
+from ..modules import flops
+from ..table_builder import SplitSides, build_stack_table, histogram
+from ..table_file import ExitTableFile
+from ..token_stats import TokenStats
+
+
+def expected_speedup(table, sides: SplitSides, stack: str, shape: flops.StackShape, max_sentences: int):
+    """FLOPs speed-up of ``stack`` over the sentences of a split (teacher-forced, batch 1)."""
+    src = sides.load(sides.source_lang, sides.src_dict)
+    tgt = sides.load(sides.target_lang, sides.tgt_dict) if stack == "decoder" else None
+    table = torch.from_numpy(table)
+    meter = flops.SpeedupMeter()
+    for i in range(min(len(src), max_sentences)):
+        source = src[i].long()
+        if stack == "encoder":
+            meter.add_encoder(shape, table[source][None])
+            continue
+        target = tgt[i].long()
+        prev = torch.cat([target[-1:], target[:-1]])  # fairseq's prev_output_tokens: eos first
+        positions = torch.arange(len(prev))[None]
+        lengths = torch.tensor([len(source)])
+        meter.add_decoder(shape, table[prev][None], positions, lengths, lengths)
+    return flops.speedup_report(meter.sums)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("data", nargs="?", help="binarized data folder (fairseq-preprocess --destdir)")
+    parser.add_argument("--dict", help="build from this dict.txt's counts instead of a dataset")
+    parser.add_argument("-o", "--output", required=True, help="table file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing table file")
+    parser.add_argument("--stack", choices=["encoder", "decoder"], required=True)
+    parser.add_argument("--num-layers", type=int, required=True, help="layers of the stack")
+    parser.add_argument("--hash-type", choices=hash_functions.HASH_TYPES, default="frequency")
+    parser.add_argument("--exit-layers", help="comma-separated exit layers; overrides min/max/step")
+    parser.add_argument("--exit-min", type=int, default=1)
+    parser.add_argument("--exit-max", type=int)
+    parser.add_argument("--exit-step", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("-s", "--source-lang", default="src")
+    parser.add_argument("-t", "--target-lang", default="tgt")
+    parser.add_argument("--split", default="train", help="split whose statistics build the table")
+    parser.add_argument("--speedup-split", default="valid", help="split to measure the expected speed-up on")
+    parser.add_argument("--max-sentences", type=int, default=10000, help="of the speed-up split")
+    parser.add_argument("--embed-dim", type=int, default=768, help="model dimension (bart_base: 768)")
+    parser.add_argument("--ffn-dim", type=int, default=3072, help="feed-forward dimension (bart_base: 3072)")
+    parser.add_argument("--json", help="also write the histogram and speed-up here")
+    args = parser.parse_args(argv)
+    try:
+        run(args, parser)
+    except HashEEError as err:
+        sys.exit(f"error: {err}")
+
+
+def run(args, parser):
+    if (args.data is None) == (args.dict is None):
+        parser.error("give either a binarized DATA folder or --dict")
+    if os.path.exists(args.output) and not args.force:
+        raise HashEEError(f"{args.output}: exists; pass --force to overwrite it")
+    buckets = hash_functions.exit_buckets(
+        args.num_layers,
+        layers=hash_functions.parse_layer_list(args.exit_layers, "--exit-layers"),
+        min_layer=args.exit_min,
+        max_layer=args.exit_max,
+        step=args.exit_step,
+        option="--exit-layers" if args.exit_layers else "--exit-min/max/step",
+    )
+    sides = None
+    if args.dict:
+        if not os.path.exists(args.dict):
+            raise HashEEError(f"{args.dict}: no such dictionary file")
+        if args.hash_type == "mi":
+            raise HashEEError("--hash-type mi needs a binarized dataset (both sides), not --dict")
+        dictionary = Dictionary.load(args.dict)
+        stats = TokenStats(np.asarray(dictionary.count, dtype=np.int64))
+        special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
+        table = hash_functions.build_table(args.hash_type, stats, special, buckets, args.num_layers, args.seed)
+        options = {"buckets": ",".join(map(str, buckets)), "seed": str(args.seed), "split": os.path.basename(args.dict)}
+        built = ExitTableFile(args.stack, args.hash_type, options, args.num_layers, list(dictionary.symbols), table)
+    else:
+        load = lambda lang: Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt"))  # noqa: E731
+        for lang in (args.source_lang, args.target_lang):
+            if not os.path.exists(os.path.join(args.data, f"dict.{lang}.txt")):
+                raise HashEEError(f"{args.data}: no dict.{lang}.txt (see -s/-t)")
+        src_dict, tgt_dict = load(args.source_lang), load(args.target_lang)
+        sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
+        built, stats = build_stack_table(sides, args.stack, args.hash_type, buckets, args.num_layers, args.seed)
+    built.write(args.output, overwrite=args.force)
+
+    report = {"histogram": histogram(built.table, stats.counts)}
+    print(f"{args.stack} exit table ({args.hash_type}) -> {args.output}")
+    print(f"  {report['histogram']}")
+    if sides is not None:
+        sides.split = args.speedup_split
+        vocab = len(sides.tgt_dict) if args.stack == "decoder" else 0
+        shape = flops.StackShape(args.num_layers, args.embed_dim, args.ffn_dim, args.embed_dim, vocab)
+        speed = expected_speedup(built.table, sides, args.stack, shape, args.max_sentences)
+        short = "enc" if args.stack == "encoder" else "dec"
+        report.update(speedup=speed[f"{short}_speedup"], mean_exit=speed[f"{short}_mean_exit"])
+        print(
+            f"  expected {args.stack} FLOPs speed-up on {args.speedup_split}: {report['speedup']:.2f}x "
+            f"(mean exit layer {report['mean_exit']:.2f}, d={args.embed_dim}, ffn={args.ffn_dim})"
+        )
+    if args.json:
+        with atomic_write(args.json) as out:
+            json.dump(report, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
