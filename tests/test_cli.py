@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,36 @@ def test_mi_hash_builds_tables_from_both_sides(data_bin, tmp_path):
     assert "encoder exit table (mi)" in proc.stdout + proc.stderr
     enc, dec = tables(tmp_path / "checkpoint_last.pt")
     assert (enc < LAYERS).any() and (dec < LAYERS).any()
+
+
+def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_path):
+    """fairseq's own distributed training (gloo on CPU), one process per rank."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        (tmp_path / f"rank{rank}").mkdir()  # fairseq creates it on the master only
+        args = [data_bin, "--save-dir", tmp_path / f"rank{rank}", "--arch", "hashee_bart_base",
+                "--task", "hashee_summarization", "-s", "src", "-t", "tgt", "--user-dir", USER_DIR,
+                *MODEL, *OPTIM, "--max-update", 4, "--encoder-hash-type", "random", "--hash-seed", 11,
+                "--decoder-exits", "--decoder-hash-type", "mi",
+                "--distributed-backend", "gloo", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+                "--distributed-world-size", 2, "--distributed-rank", rank, "--distributed-no-spawn",
+                "--ddp-backend", "legacy_ddp"]
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).parent / "distributed_rank.py"),
+                                       *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    states = [torch.load(tmp_path / f"rank{r}" / "checkpoint_last.pt", weights_only=False) for r in range(2)]
+    assert states[0]["optimizer_history"][-1]["num_updates"] == 4
+    a, b = states[0]["model"], states[1]["model"]
+    assert a.keys() == b.keys()
+    assert (a["encoder.exit_table"] < LAYERS).any() and (a["decoder.exit_table"] < LAYERS).any()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
