@@ -1,5 +1,6 @@
-"""The README's main job, end to end: train, generate, ROUGE, speed-up report."""
+"""The README's main job and the hash-type ablation, end to end."""
 
+import json
 import os
 import subprocess
 import sys
@@ -27,3 +28,19 @@ def test_main_job_prints_rouge_and_speedup(tmp_path):
     assert "speed-up (FLOPs): encoder" in out
     hyps = (tmp_path / "work" / "generate" / "test.hyp").read_text().splitlines()
     assert len(hyps) >= 90 and all(h.strip() for h in hyps)
+
+
+def test_hash_type_ablation_prints_one_row_per_type(tmp_path):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MAX_UPDATE": "40"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "examples" / "ablation" / "hash_types.sh"), str(tmp_path / "work")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = json.loads((tmp_path / "work" / "ablation.json").read_text())
+    assert [r["hash"] for r in rows] == ["random", "frequency", "mi"]
+    for row in rows:
+        assert row["speedup_encoder"] > 1.0 and row["speedup_total"] > 1.0
+        assert f"\n{row['hash']:<12}" in proc.stdout

@@ -6,7 +6,9 @@
 #
 #   bash examples/sample/run.sh [WORK_DIR]      (default: examples/sample/work)
 #
-# Knobs (environment): MAX_UPDATE, ENC_HASH, DEC_HASH, DEC_EXITS (1/0), BEAM.
+# Knobs (environment): MAX_UPDATE, ENC_HASH, DEC_HASH, DEC_EXITS (1/0), BEAM, and
+# RUN (a name: several runs then share WORK_DIR's data, each with its own
+# checkpoints-RUN/ and generate-RUN/).
 set -euo pipefail
 
 WORK=${1:-$(dirname "$0")/work}
@@ -20,8 +22,8 @@ USER_DIR=$(python -c "import os, fairseq_hashee; print(os.path.dirname(fairseq_h
 RAW=$WORK/raw
 SPM=$WORK/spm
 BIN=$WORK/data-bin
-CKPT=$WORK/checkpoints
-GEN=$WORK/generate
+CKPT=$WORK/checkpoints${RUN:+-$RUN}
+GEN=$WORK/generate${RUN:+-$RUN}
 mkdir -p "$RAW" "$SPM" "$BIN" "$CKPT" "$GEN"
 # A finished stage leaves a marker; rerunning resumes after the last one.
 done_stage() { [ -f "$WORK/.$1.done" ]; }
@@ -46,7 +48,7 @@ fi
 EXIT_FLAGS=(--encoder-hash-type "$ENC_HASH" --decoder-hash-type "$DEC_HASH")
 [ "$DEC_EXITS" = 1 ] && EXIT_FLAGS+=(--decoder-exits)
 
-if ! done_stage train; then
+if ! done_stage "train${RUN:+-$RUN}"; then
   echo "== 2/5 train a tiny HashEE BART ($MAX_UPDATE updates, encoder hash $ENC_HASH, decoder exits $DEC_EXITS)"
   fairseq-train "$BIN" --user-dir "$USER_DIR" --task hashee_summarization \
     --source-lang src --target-lang tgt "${EXIT_FLAGS[@]}" \
@@ -61,7 +63,7 @@ if ! done_stage train; then
     --save-dir "$CKPT" --no-epoch-checkpoints --log-format simple --log-interval 100 \
     --cpu --num-workers 0 --seed 1 2>&1 | grep -E "valid on|done training|exit table|Error|error" || true
   [ -f "$CKPT/checkpoint_best.pt" ] || { echo "training produced no checkpoint" >&2; exit 1; }
-  mark_stage train
+  mark_stage "train${RUN:+-$RUN}"
 fi
 
 echo "== 3/5 generate test summaries (beam $BEAM)"
