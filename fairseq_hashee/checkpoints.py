@@ -10,9 +10,13 @@ callable is still refused by torch.
 """
 
 import argparse
-from typing import Mapping
+import os
+import pickle
+from typing import Dict, Mapping
 
 import torch
+
+from .errors import HashEEError
 
 # Plain data classes found in fairseq 0.12 checkpoints (model and task configs).
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
@@ -22,6 +26,21 @@ def allow_fairseq_checkpoint_globals() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 does not restrict unpickling by default
         add(FAIRSEQ_CHECKPOINT_GLOBALS)
+
+
+def load_model_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``model`` state dict of a fairseq checkpoint, loaded with pickle safety on."""
+    if not os.path.isfile(path):
+        raise HashEEError(f"{path}: no such checkpoint file")
+    allow_fairseq_checkpoint_globals()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HashEEError(f"{path}: cannot be loaded as a fairseq checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise HashEEError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    return state["model"]
 
 
 def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:

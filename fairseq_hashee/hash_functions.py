@@ -2,8 +2,14 @@
 
 A table maps every vocabulary id to the layer (1..L) after which that token is
 no longer updated. Every function here is a pure function of its inputs (token
-statistics, seed, buckets), so every distributed rank that runs it on the same
-data builds the same table without communicating.
+statistics, embeddings, seed, buckets), so every distributed rank that runs it
+on the same data and weights builds the same table without communicating.
+
+One hash, ``random-incons``, has no fixed layer per type: its table holds a
+*draw set* instead, the negative bit mask ``-(sum of 2**(layer-1))`` of the
+buckets, and the stack draws a layer from it for every occurrence as the
+tokens come in (modules/exit_table.py). Keeping that in the table, rather than
+in a flag, means the checkpoint and the table file carry it like any other.
 """
 
 import re
@@ -14,7 +20,7 @@ import numpy as np
 from .errors import HashEEError
 from .token_stats import TokenStats
 
-HASH_TYPES = ("random", "frequency", "mi")
+HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster")
 
 # Symbols that carry structure rather than content never exit early: fairseq's
 # <s>/<pad>/</s>/<unk>, BART's <mask>, BERT's [CLS]/[SEP]/[MASK], language tags
@@ -78,6 +84,38 @@ def special_symbol_mask(symbols: Iterable[str], nspecial: int) -> np.ndarray:
     return mask
 
 
+def exit_entry(layers: Sequence[int]) -> int:
+    """The table entry for "one of ``layers``, drawn per occurrence": the layer
+    itself when there is only one, a draw set otherwise."""
+    layers = set(int(layer) for layer in layers)
+    if len(layers) == 1:
+        return layers.pop()
+    return -sum(1 << (layer - 1) for layer in layers)
+
+
+def draw_set_layers(code: int) -> List[int]:
+    """The layers of a draw-set entry (``code`` < 0)."""
+    mask = -int(code)
+    return [bit + 1 for bit in range(mask.bit_length()) if mask >> bit & 1]
+
+
+def format_exit(value: int) -> str:
+    """A table entry as a table file shows it: a layer, or a draw set "1|2|3"."""
+    return str(int(value)) if value > 0 else "|".join(map(str, draw_set_layers(value)))
+
+
+def parse_exit(text: str, num_layers: int) -> int:
+    """Inverse of ``format_exit``; ValueError (with the reason) for anything else."""
+    try:
+        layers = [int(part) for part in text.split("|")]
+    except ValueError:
+        raise ValueError(f"exit layer {text!r} is not an integer or a draw set like 1|2|3") from None
+    bad = [layer for layer in layers if not 1 <= layer <= num_layers]
+    if bad:
+        raise ValueError(f"exit layer {bad[0]} outside the layers 1..{num_layers}")
+    return exit_entry(layers)
+
+
 def _assign_by_rank(order: np.ndarray, buckets: Sequence[int], table: np.ndarray):
     """Cut ``order`` (ids, earliest exit first) into equal groups, one per bucket."""
     for group, bucket in zip(np.array_split(order, len(buckets)), buckets):
@@ -92,6 +130,15 @@ def random_table(
     draws = np.asarray(buckets)[rng.integers(len(buckets), size=len(counts))]
     hashable = (counts > 0) & ~special
     return np.where(hashable, draws, num_layers).astype(np.int64)
+
+
+def random_incons_table(
+    counts: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int
+) -> np.ndarray:
+    """Every occurrence of a seen, non-special type draws its own bucket (the paper's
+    inconsistent ablation): the table holds the draw set, the stack draws."""
+    hashable = (counts > 0) & ~special
+    return np.where(hashable, exit_entry(buckets), num_layers).astype(np.int64)
 
 
 def frequency_table(
@@ -139,6 +186,66 @@ def mi_table(
     return table
 
 
+def kmeans(points: np.ndarray, k: int, seed: int, max_iterations: int = 100) -> np.ndarray:
+    """Cluster index of every row of ``points``: k-means++ seeding, then Lloyd steps.
+
+    Deterministic for a seed (numpy's generator), so every rank clusters the
+    same embeddings identically. An emptied cluster is moved
+    to the point farthest from its center, which keeps exactly ``k`` clusters.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    n = len(points)
+    rng = np.random.default_rng(seed)
+    sq_norms = (points**2).sum(axis=1)
+    centers = [points[rng.integers(n)]]
+    closest = ((points - centers[0]) ** 2).sum(axis=1, dtype=np.float64)
+    for _ in range(1, k):
+        total = closest.sum()
+        pick = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
+        centers.append(points[pick])
+        closest = np.minimum(closest, ((points - points[pick]) ** 2).sum(axis=1, dtype=np.float64))
+    centers = np.stack(centers)
+    for _ in range(max_iterations):
+        distances = sq_norms[:, None] - 2.0 * points @ centers.T + (centers**2).sum(axis=1)[None]
+        assignment = distances.argmin(axis=1)
+        updated = centers.copy()
+        for j in range(k):
+            members = assignment == j
+            if members.any():
+                updated[j] = points[members].mean(axis=0, dtype=np.float64)
+            else:
+                far = int(distances[np.arange(n), assignment].argmax())
+                updated[j], assignment[far] = points[far], j
+        if np.array_equal(updated, centers):
+            break
+        centers = updated
+    return assignment
+
+
+def cluster_table(
+    embeddings: np.ndarray,
+    counts: np.ndarray,
+    special: np.ndarray,
+    buckets: Sequence[int],
+    num_layers: int,
+    seed: int,
+) -> np.ndarray:
+    """k-means over the token embeddings, one cluster per bucket; the cluster whose
+    members' embedding norms sum smallest exits earliest."""
+    table = np.full(len(counts), num_layers, dtype=np.int64)
+    hashable = np.flatnonzero((counts > 0) & ~special)
+    if hashable.size == 0:
+        return table
+    points = np.asarray(embeddings, dtype=np.float32)[hashable]
+    k = min(len(buckets), hashable.size)
+    assignment = kmeans(points, k, seed)
+    norm_sums = np.bincount(assignment, weights=np.linalg.norm(points, axis=1), minlength=k)
+    rank_of_cluster = np.empty(k, dtype=np.int64)
+    rank_of_cluster[np.argsort(norm_sums, kind="stable")] = np.arange(k)
+    table[hashable] = np.asarray(sorted(buckets))[rank_of_cluster[assignment]]
+    return table
+
+
 def build_table(
     hash_type: str,
     stats: TokenStats,
@@ -146,16 +253,24 @@ def build_table(
     buckets: Sequence[int],
     num_layers: int,
     seed: int,
+    embeddings: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Dispatch on ``hash_type``; ``stats`` are training-set token statistics."""
+    """Dispatch on ``hash_type``; ``stats`` are training-set token statistics,
+    ``embeddings`` the (V, d) token-embedding matrix (for ``cluster``)."""
     if hash_type == "random":
         return random_table(stats.counts, special, buckets, num_layers, seed)
+    if hash_type == "random-incons":
+        return random_incons_table(stats.counts, special, buckets, num_layers)
     if hash_type == "frequency":
         return frequency_table(stats.counts, special, buckets, num_layers)
     if hash_type == "mi":
         if stats.labeled is None:
             raise HashEEError("the mi hash needs labeled statistics (both sides of the split)")
         return mi_table(stats.counts, stats.labeled, special, buckets, num_layers)
+    if hash_type == "cluster":
+        if embeddings is None or len(embeddings) != len(stats.counts):
+            raise HashEEError("the cluster hash needs the model's token-embedding matrix, one row per symbol")
+        return cluster_table(embeddings, stats.counts, special, buckets, num_layers, seed)
     raise HashEEError(
         f"unknown hash type {hash_type!r}; expected one of {', '.join(HASH_TYPES)}"
     )

@@ -39,9 +39,17 @@ class SplitSides:
 
 
 def build_stack_table(
-    sides: SplitSides, stack: str, hash_type: str, buckets: Sequence[int], num_layers: int, seed: int
+    sides: SplitSides,
+    stack: str,
+    hash_type: str,
+    buckets: Sequence[int],
+    num_layers: int,
+    seed: int,
+    embeddings: Optional[np.ndarray] = None,
+    embeddings_from: str = "",
 ) -> Tuple[ExitTableFile, TokenStats]:
-    """Hash every symbol of ``stack``'s dictionary from the statistics of ``sides``."""
+    """Hash every symbol of ``stack``'s dictionary from the statistics of ``sides``
+    (and, for ``cluster``, the token ``embeddings``, described by ``embeddings_from``)."""
     (lang, dictionary), (other_lang, other_dictionary) = sides.side(stack)
     # The mi hash labels an occurrence by whether its token is also on the other
     # side of the pair (for a source token: it occurs in the reference summary).
@@ -50,16 +58,23 @@ def build_stack_table(
         sides.load(lang, dictionary), len(dictionary), paired, name=f"{sides.data_path}/{sides.split} ({lang})"
     )
     special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
-    table = hash_functions.build_table(hash_type, stats, special, buckets, num_layers, seed)
+    table = hash_functions.build_table(hash_type, stats, special, buckets, num_layers, seed, embeddings)
     options = {"buckets": ",".join(map(str, buckets)), "seed": str(seed), "split": sides.split}
+    if hash_type == "cluster":
+        options["embeddings"] = embeddings_from
     return ExitTableFile(stack, hash_type, options, num_layers, list(dictionary.symbols), table), stats
 
 
 def histogram(table: np.ndarray, counts: np.ndarray) -> str:
-    """Types and token mass per exit layer, one phrase per layer."""
+    """Types and token mass per exit layer (or draw set), one phrase each."""
     types = Counter(table.tolist())
-    mass = np.bincount(table, weights=counts, minlength=int(table.max()) + 1)
+    mass = Counter()
+    for entry, count in zip(table.tolist(), counts.tolist()):
+        mass[entry] += count
     total = max(float(counts.sum()), 1.0)
+    # Draw sets (negative) after the fixed layers, as the file shows them.
+    order = sorted(types, key=lambda entry: (entry < 0, abs(entry)))
     return ", ".join(
-        f"{layer}: {types[layer]} types / {100.0 * mass[layer] / total:.1f}% tokens" for layer in sorted(types)
+        f"{hash_functions.format_exit(entry)}: {types[entry]} types / {100.0 * mass[entry] / total:.1f}% tokens"
+        for entry in order
     )

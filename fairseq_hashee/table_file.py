@@ -12,6 +12,7 @@ Layout (UTF-8 text)::
                                    <- blank line, then one line per symbol, in id order:
     <s>\t6
     ...
+    the\t1|2|3                     <- random-incons: drawn per occurrence from these layers
 
 The symbol column is for people and diffs; the loader also checks it against
 the dictionary, line by line.
@@ -25,6 +26,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 from .errors import HashEEError
+from .hash_functions import format_exit, parse_exit
 from .io_utils import atomic_write
 
 MAGIC = "# fairseq-hashee exit table v1"
@@ -56,7 +58,7 @@ class ExitTableFile:
                 f"num_layers: {self.num_layers}\ndictionary_size: {len(self.symbols)}\n"
                 f"dictionary_sha256: {dictionary_checksum(self.symbols)}\n\n"
             )
-            out.writelines(f"{sym}\t{int(layer)}\n" for sym, layer in zip(self.symbols, self.table))
+            out.writelines(f"{sym}\t{format_exit(entry)}\n" for sym, entry in zip(self.symbols, self.table))
 
 
 def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int) -> ExitTableFile:
@@ -120,10 +122,8 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int) -
         if not sep or name != symbol:
             raise HashEEError(f"{path}:{number}: expected symbol {symbol!r}, found {line[:60]!r}")
         try:
-            table[i] = int(value)
-        except ValueError:
-            raise HashEEError(f"{path}:{number}: exit layer {value!r} is not an integer") from None
-        if not 1 <= table[i] <= num_layers:
-            raise HashEEError(f"{path}:{number}: exit layer {table[i]} outside the layers 1..{num_layers}")
+            table[i] = parse_exit(value, num_layers)
+        except ValueError as err:
+            raise HashEEError(f"{path}:{number}: {err}") from None
     options = dict(item.partition("=")[::2] for item in header["options"].split())
     return ExitTableFile(stack, header["hash_type"], options, num_layers, list(symbols), table)

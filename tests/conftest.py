@@ -76,11 +76,18 @@ def build_hashee(dictionary, seed: int = 0, **overrides):
     return HashEEBARTModel.build_model(args, _Task(dictionary)).eval()
 
 
-def random_tables(model, generator: torch.Generator, low: int = 1):
-    """Random exit tables for both stacks, special symbols at the last layer."""
+def random_tables(model, generator: torch.Generator, low: int = 1, draw_sets: bool = False):
+    """Random exit tables for both stacks, special symbols at the last layer.
+
+    With ``draw_sets`` about half the symbols get a random draw set instead of
+    a layer (random-incons entries: a layer is drawn for every occurrence).
+    """
     for stack in (model.encoder, model.decoder):
         size, top = len(stack.dictionary), stack.num_layers
         table = torch.randint(low, top + 1, (size,), generator=generator)
+        if draw_sets:
+            masks = torch.randint(1, 1 << top, (size,), generator=generator)
+            table = torch.where(torch.rand(size, generator=generator) < 0.5, -masks, table)
         table[: stack.dictionary.nspecial] = top
         stack.set_exit_table(table)
 

@@ -160,15 +160,27 @@ def _hypotheses(stdout):
 
 
 def test_restore_a_stock_bart_checkpoint(data_bin, tmp_path):
-    """--restore-file of fairseq's BART (as bart.base/model.pt) adds the task's tables."""
+    """--restore-file of fairseq's BART (as bart.base/model.pt) adds the task's tables;
+    the cluster hash clusters the restored embeddings, as hashee-table does from the file."""
     stock_dir = tmp_path / "stock"
     train(data_bin, stock_dir, "--max-update", 2, arch="bart_base", task="translation")
+    stock = stock_dir / "checkpoint_last.pt"
     save_dir = tmp_path / "finetune"
-    proc = train(data_bin, save_dir, "--max-update", 2, "--restore-file", stock_dir / "checkpoint_last.pt",
-                 "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler")
-    assert "checkpoint has no encoder.exit_table" in proc.stdout + proc.stderr
+    proc = train(data_bin, save_dir, "--max-update", 2, "--restore-file", stock,
+                 "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+                 "--encoder-hash-type", "cluster", "--decoder-exits", "--decoder-hash-type", "frequency")
+    output = proc.stdout + proc.stderr
+    assert "checkpoint has no encoder.exit_table; hashing its encoder embeddings" in output
+    assert "checkpoint has no decoder.exit_table; keeping the table built by the task" in output
     enc, _ = tables(save_dir / "checkpoint_last.pt")
     assert (enc < LAYERS).any()
+    run_cli("fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", LAYERS,
+            "--hash-type", "cluster", "--checkpoint", stock, "-o", tmp_path / "enc.table")
+    from fairseq.data import Dictionary
+    from fairseq_hashee.table_file import read_table
+
+    symbols = Dictionary.load(str(data_bin / "dict.src.txt")).symbols
+    assert torch.equal(enc, torch.from_numpy(read_table(str(tmp_path / "enc.table"), symbols, "encoder", LAYERS).table))
 
 
 @pytest.mark.parametrize(
@@ -248,8 +260,20 @@ def test_mi_hash_builds_tables_from_both_sides(data_bin, tmp_path):
     assert (enc < LAYERS).any() and (dec < LAYERS).any()
 
 
+def test_random_incons_trains_and_generates(data_bin, tmp_path):
+    """Per-occurrence draws: the checkpoint keeps draw sets, generation draws as it decodes."""
+    train(data_bin, tmp_path, "--max-update", 2, "--encoder-hash-type", "random-incons",
+          "--decoder-exits", "--decoder-hash-type", "random-incons")
+    enc, dec = tables(tmp_path / "checkpoint_last.pt")
+    assert int(enc.min()) == int(dec.min()) == -0b11  # draw set {1, 2}
+    proc = generate(data_bin, tmp_path / "checkpoint_last.pt", "--max-len-b", 5)
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("H-")]) == 10
+    assert "HashEE generation speed-up" in proc.stderr
+
+
 def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_path):
-    """fairseq's own distributed training (gloo on CPU), one process per rank."""
+    """fairseq's own distributed training (gloo on CPU), one process per rank; the
+    cluster (model weights) and mi (both data sides) tables are built on every rank."""
     import socket
     import subprocess
     import sys
@@ -262,7 +286,7 @@ def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_pa
         (tmp_path / f"rank{rank}").mkdir()  # fairseq creates it on the master only
         args = [data_bin, "--save-dir", tmp_path / f"rank{rank}", "--arch", "hashee_bart_base",
                 "--task", "hashee_summarization", "-s", "src", "-t", "tgt", "--user-dir", USER_DIR,
-                *MODEL, *OPTIM, "--max-update", 4, "--encoder-hash-type", "random", "--hash-seed", 11,
+                *MODEL, *OPTIM, "--max-update", 4, "--encoder-hash-type", "cluster", "--hash-seed", 11,
                 "--decoder-exits", "--decoder-hash-type", "mi",
                 "--distributed-backend", "gloo", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
                 "--distributed-world-size", 2, "--distributed-rank", rank, "--distributed-no-spawn",

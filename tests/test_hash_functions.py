@@ -6,6 +6,7 @@ import math
 import torch
 
 from fairseq_hashee import hash_functions as hf
+from fairseq_hashee.modules.exit_table import draw_exits
 from fairseq_hashee.token_stats import TokenStats, token_stats
 
 L = 6
@@ -17,6 +18,14 @@ def _counts(seed=0):
     counts = np.random.default_rng(seed).integers(1, 1000, size=len(SYMBOLS))
     counts[7] = 0  # an unseen type
     return counts
+
+
+def _embeddings(seed=0):
+    return np.random.default_rng(seed).normal(size=(len(SYMBOLS), 8)).astype(np.float32)
+
+
+def _layers(entry):
+    return hf.draw_set_layers(entry) if entry < 0 else [entry]
 
 
 def _stats(seed=0):
@@ -33,12 +42,12 @@ def test_special_symbols_are_recognised():
 @pytest.mark.parametrize("hash_type", hf.HASH_TYPES)
 def test_tables_are_deterministic_and_keep_specials_and_unseen_at_last_layer(hash_type):
     buckets = hf.exit_buckets(L)
-    a = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3)
-    b = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3)
+    a = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3, embeddings=_embeddings())
+    b = hf.build_table(hash_type, _stats(), SPECIAL, buckets, L, seed=3, embeddings=_embeddings())
     assert np.array_equal(a, b)
     assert (a[SPECIAL] == L).all()
     assert a[7] == L
-    assert set(a.tolist()) <= set(buckets) | {L}
+    assert all(set(_layers(entry)) <= set(buckets) for entry in a.tolist())
 
 
 def test_random_depends_on_seed_only():
@@ -131,3 +140,67 @@ def test_mi_groups_are_equal_and_ordered():
         for j in hashable:
             if mi[i] > mi[j]:
                 assert table[i] <= table[j]
+
+
+def test_draw_set_entries():
+    assert hf.exit_entry([3, 1, 2]) == -7 and hf.exit_entry([4, 4]) == 4
+    assert hf.draw_set_layers(-0b101001) == [1, 4, 6]
+    for entry in (5, -7, -0b101001):
+        assert hf.parse_exit(hf.format_exit(entry), L) == entry
+    assert hf.format_exit(-7) == "1|2|3"
+    with pytest.raises(ValueError, match="exit layer 7 outside the layers 1..6"):
+        hf.parse_exit("1|7", L)
+    with pytest.raises(ValueError, match="not an integer or a draw set"):
+        hf.parse_exit("1|x", L)
+
+
+def test_random_incons_draws_every_occurrence_uniformly_from_the_buckets():
+    buckets = [2, 3, 5]
+    table = hf.build_table("random-incons", _stats(), SPECIAL, buckets, L, seed=0)
+    hashable = (_counts() > 0) & ~SPECIAL
+    assert (table[hashable] == hf.exit_entry(buckets)).all() and (table[~hashable] == L).all()
+
+    tokens = torch.tensor([8] * 30000 + [0] * 100)  # one type, many occurrences; a special symbol
+    exits = draw_exits(torch.from_numpy(table)[tokens], L, torch.Generator().manual_seed(0))
+    assert (exits[-100:] == L).all()
+    shares = torch.bincount(exits[:30000], minlength=L + 1).double() / 30000
+    assert set(exits[:30000].tolist()) == set(buckets)
+    assert torch.allclose(shares[buckets], torch.full((3,), 1 / 3, dtype=torch.double), atol=0.01)
+
+
+def test_kmeans_keeps_k_clusters_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(size=(20, 4)), np.zeros((5, 4)), np.zeros((5, 4))])
+    a, b = hf.kmeans(points, 6, seed=4), hf.kmeans(points, 6, seed=4)
+    assert np.array_equal(a, b)
+    assert sorted(set(a.tolist())) == list(range(6))
+    # identical points (more clusters than distinct blobs) end in one cluster each time
+    assert len(set(a[20:].tolist())) == 1
+
+
+def test_cluster_groups_ordered_by_sum_of_member_norms():
+    rng = np.random.default_rng(1)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(60)]
+    special = hf.special_symbol_mask(symbols, 4)
+    # Three well-separated blobs: 30 small vectors, 20 mid-sized, 10 large,
+    # whose norm sums are about 30*1 < 10*5 < 20*3 (the middle blob is last).
+    centers = {1.0: np.array([1.0, 0, 0]), 3.0: np.array([0, 3.0, 0]), 5.0: np.array([0, 0, 5.0])}
+    sizes = {1.0: 30, 3.0: 20, 5.0: 10}
+    rows, blob = [np.zeros((4, 3))], [None] * 4
+    for scale, size in sizes.items():
+        rows.append(centers[scale] + 0.05 * rng.normal(size=(size, 3)))
+        blob += [scale] * size
+    embeddings = np.concatenate(rows)
+    stats = TokenStats(np.ones(len(symbols), dtype=np.int64))
+    table = hf.build_table("cluster", stats, special, [1, 2, 4], L, seed=0, embeddings=embeddings)
+    assert (table[:4] == L).all()
+    by_blob = {scale: set(table[4:][np.array(blob[4:]) == scale].tolist()) for scale in sizes}
+    assert by_blob == {1.0: {1}, 5.0: {2}, 3.0: {4}}
+    norms = np.linalg.norm(embeddings, axis=1)
+    sums = [norms[4:][table[4:] == b].sum() for b in (1, 2, 4)]
+    assert sums == sorted(sums)
+
+
+def test_cluster_needs_embeddings():
+    with pytest.raises(ValueError, match="cluster hash needs the model's token-embedding matrix"):
+        hf.build_table("cluster", _stats(), SPECIAL, [1, 2], L, seed=0)

@@ -2,7 +2,9 @@
 
 This is the KV-cache invariant of DESIGN.md section 1, checked for random
 tables with decoder exits on, several sentences and beams, beam reordering
-(also with fairseq's beamable cross-attention) and both exit paths.
+(also with fairseq's beamable cross-attention) and both exit paths; and for
+draw-set (random-incons) tables, whose exits are drawn as each position comes
+in, with the teacher-forced pass replaying the exits the steps drew.
 """
 
 import pytest
@@ -20,14 +22,32 @@ def _beam_reorder(gen, bsz, beam):
     return (torch.arange(bsz)[:, None] * beam + picks).view(-1)
 
 
+class _ExitRecorder:
+    """Wraps a stack's ``token_exits``: records what incremental steps draw, and
+    makes the teacher-forced pass use exactly those exits."""
+
+    def __init__(self, stack, rows, steps):
+        self.lookup = stack.token_exits
+        self.drawn = torch.zeros(rows, steps, dtype=torch.long)
+        self.replay = False
+        stack.token_exits = self
+
+    def __call__(self, tokens):
+        if self.replay:
+            return self.drawn[:, : tokens.size(1)].t()
+        exits = self.lookup(tokens)  # (1, rows): the new position
+        self.drawn[:, self.step] = exits[0]
+        return exits
+
+
 @pytest.mark.parametrize("impl", ["skip", "masked"])
 @pytest.mark.parametrize("beamable", [False, True])
-@pytest.mark.parametrize("seed", range(3))
-def test_incremental_equals_teacher_forced(impl, beamable, seed):
+@pytest.mark.parametrize("seed, draw_sets", [(0, False), (1, False), (2, False), (3, True)])
+def test_incremental_equals_teacher_forced(impl, beamable, seed, draw_sets):
     dictionary = tiny_dictionary()
     model = build_hashee(dictionary, seed=seed, layers=4)
     gen = torch.Generator().manual_seed(seed)
-    random_tables(model, gen)
+    random_tables(model, gen, draw_sets=draw_sets)
     set_exit_impl(model, impl)
     bsz, beam, steps = 3, 2, 9
     src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10)
@@ -45,12 +65,19 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed):
         full_encoder_out = model.encoder.reorder_encoder_out(model.encoder(src, src_lengths), expand) \
             if beamable else encoder_out
         state = {}
+        recorder = _ExitRecorder(model.decoder, bsz * beam, steps) if draw_sets else None
         for step in range(steps):
             if step in (3, 6):
                 order = _beam_reorder(gen, bsz, beam)
                 model.decoder.reorder_incremental_state_scripting(state, order)
                 tokens[:, :step] = tokens[order, :step]
+                if recorder:
+                    recorder.drawn[:, :step] = recorder.drawn[order, :step]
+            if recorder:
+                recorder.step, recorder.replay = step, False
             step_out = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out, incremental_state=state)[0]
+            if recorder:
+                recorder.replay = True
             forced = _teacher_forced(model, tokens[:, : step + 1], full_encoder_out)
             assert (step_out[:, 0] - forced[:, step]).abs().max() < ATOL, step
 

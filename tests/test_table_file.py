@@ -30,6 +30,15 @@ def test_round_trip(table_file):
     assert "w3\t" in path.read_text()  # readable: one symbol per line
 
 
+def test_draw_sets_round_trip(tmp_path):
+    symbols = list(tiny_dictionary().symbols)
+    table = np.where(np.arange(len(symbols)) < 4, LAYERS, -0b0111)
+    path = tmp_path / "incons.table"
+    ExitTableFile("encoder", "random-incons", {"buckets": "1,2,3"}, LAYERS, symbols, table).write(str(path))
+    assert "w3\t1|2|3\n" in path.read_text()
+    assert np.array_equal(read_table(str(path), symbols, "encoder", LAYERS).table, table)
+
+
 def _edit(path, old, new):
     path.write_text(path.read_text().replace(old, new, 1))
 
@@ -43,6 +52,8 @@ def _edit(path, old, new):
         (lambda p, s: _edit(p, "stack: encoder", "stack: decoder"), "a decoder table cannot drive the encoder"),
         (lambda p, s: _edit(p, "w5\t", "w5x\t"), ":18: expected symbol 'w5', found 'w5x"),
         (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\t9", p.read_text())), ":20: exit layer 9 outside the layers 1..4"),
+        (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\t2|5", p.read_text())), ":20: exit layer 5 outside"),
+        (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\tlast", p.read_text())), ":20: exit layer 'last' is not"),
         (lambda p, s: p.write_text(p.read_text() + "extra\t1\n"), "unexpected line after the table"),
         (lambda p, s: p.write_text("\n".join(p.read_text().split("\n")[:20])), "truncated"),
         (lambda p, s: p.write_text(p.read_text()[:40]), "truncated"),

@@ -5,13 +5,14 @@
 #
 #   bash examples/ablation/hash_types.sh [WORK_DIR]     (default: examples/ablation/work)
 #
-# Knobs (environment): HASH_TYPES (default "random frequency mi"), MAX_UPDATE,
+# Knobs (environment): HASH_TYPES (default: all five, "random random-incons
+# frequency mi cluster"), MAX_UPDATE,
 # DEC_EXITS (1/0); each run is examples/sample/run.sh with RUN=<hash type>.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=${1:-$HERE/work}
-HASH_TYPES=${HASH_TYPES:-random frequency mi}
+HASH_TYPES=${HASH_TYPES:-random random-incons frequency mi cluster}
 export MAX_UPDATE=${MAX_UPDATE:-600} DEC_EXITS=${DEC_EXITS:-1}
 
 for hash in $HASH_TYPES; do
@@ -30,9 +31,9 @@ for hash_type in types:
     speed = dict(re.findall(r"(encoder|decoder|total) (\d+\.\d+)x", log))
     rows.append({"hash": hash_type, **{k: round(v, 2) for k, v in rouge.items()},
                  **{f"speedup_{k}": float(v) for k, v in speed.items()}})
-print(f"{'hash':<12}{'R-1':>7}{'R-2':>7}{'R-L':>7}{'enc x':>8}{'dec x':>8}{'total x':>9}")
+print(f"{'hash':<14}{'R-1':>7}{'R-2':>7}{'R-L':>7}{'enc x':>8}{'dec x':>8}{'total x':>9}")
 for r in rows:
-    print(f"{r['hash']:<12}{r['rouge1']:>7.2f}{r['rouge2']:>7.2f}{r['rougeL']:>7.2f}"
+    print(f"{r['hash']:<14}{r['rouge1']:>7.2f}{r['rouge2']:>7.2f}{r['rougeL']:>7.2f}"
           f"{r['speedup_encoder']:>8.2f}{r['speedup_decoder']:>8.2f}{r['speedup_total']:>9.2f}")
 with open(f"{work}/ablation.json", "w") as out:
     json.dump(rows, out, indent=2)

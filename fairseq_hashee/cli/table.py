@@ -4,9 +4,12 @@ From a binarized dataset (every hash type)::
 
     hashee-table DATA_BIN --stack encoder --num-layers 6 --hash-type frequency -o enc.table
 
-or from a fairseq dict.txt and its counts (random and frequency)::
+or from a fairseq dict.txt and its counts (every type but mi)::
 
     hashee-table --dict dict.txt --stack encoder --num-layers 6 --hash-type random -o enc.table
+
+The cluster hash clusters the token embeddings of a checkpoint (``--checkpoint
+model.pt``, e.g. the released weights you will fine-tune).
 
 The file is what ``--encoder-hash-table`` / ``--decoder-hash-table`` load.
 """
@@ -23,7 +26,9 @@ from fairseq.data import Dictionary
 from .. import hash_functions
 from ..errors import HashEEError
 from ..io_utils import atomic_write
+from ..checkpoints import load_model_state
 from ..modules import flops
+from ..modules.exit_table import draw_exits
 from ..table_builder import SplitSides, build_stack_table, histogram
 from ..table_file import ExitTableFile
 from ..token_stats import TokenStats
@@ -34,18 +39,37 @@ def expected_speedup(table, sides: SplitSides, stack: str, shape: flops.StackSha
     src = sides.load(sides.source_lang, sides.src_dict)
     tgt = sides.load(sides.target_lang, sides.tgt_dict) if stack == "decoder" else None
     table = torch.from_numpy(table)
+    generator = torch.Generator().manual_seed(0)  # for random-incons draws
+    exits = lambda tokens: draw_exits(table[tokens], shape.layers, generator)[None]  # noqa: E731
     meter = flops.SpeedupMeter()
     for i in range(min(len(src), max_sentences)):
         source = src[i].long()
         if stack == "encoder":
-            meter.add_encoder(shape, table[source][None])
+            meter.add_encoder(shape, exits(source))
             continue
         target = tgt[i].long()
         prev = torch.cat([target[-1:], target[:-1]])  # fairseq's prev_output_tokens: eos first
         positions = torch.arange(len(prev))[None]
         lengths = torch.tensor([len(source)])
-        meter.add_decoder(shape, table[prev][None], positions, lengths, lengths)
+        meter.add_decoder(shape, exits(prev), positions, lengths, lengths)
     return flops.speedup_report(meter.sums)
+
+
+def checkpoint_embeddings(args, vocab_size: int):
+    """The stack's token-embedding matrix from --checkpoint, for the cluster hash."""
+    if args.hash_type != "cluster":
+        return None
+    if not args.checkpoint:
+        raise HashEEError("--hash-type cluster needs --checkpoint (the model whose embeddings it clusters)")
+    state = load_model_state(args.checkpoint)
+    key = f"{args.stack}.embed_tokens.weight"
+    if key not in state:
+        raise HashEEError(f"{args.checkpoint}: no {key} in the checkpoint's model")
+    if state[key].size(0) != vocab_size:
+        raise HashEEError(
+            f"{args.checkpoint}: {key} has {state[key].size(0)} rows, the dictionary {vocab_size} symbols"
+        )
+    return state[key].float().numpy()
 
 
 def main(argv=None):
@@ -64,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--exit-max", type=int)
     parser.add_argument("--exit-step", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--checkpoint", help="model.pt whose token embeddings the cluster hash clusters")
     parser.add_argument("-s", "--source-lang", default="src")
     parser.add_argument("-t", "--target-lang", default="tgt")
     parser.add_argument("--split", default="train", help="split whose statistics build the table")
@@ -101,8 +126,13 @@ def run(args, parser):
         dictionary = Dictionary.load(args.dict)
         stats = TokenStats(np.asarray(dictionary.count, dtype=np.int64))
         special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
-        table = hash_functions.build_table(args.hash_type, stats, special, buckets, args.num_layers, args.seed)
+        embeddings = checkpoint_embeddings(args, len(dictionary))
+        table = hash_functions.build_table(
+            args.hash_type, stats, special, buckets, args.num_layers, args.seed, embeddings
+        )
         options = {"buckets": ",".join(map(str, buckets)), "seed": str(args.seed), "split": os.path.basename(args.dict)}
+        if embeddings is not None:
+            options["embeddings"] = args.checkpoint
         built = ExitTableFile(args.stack, args.hash_type, options, args.num_layers, list(dictionary.symbols), table)
     else:
         load = lambda lang: Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt"))  # noqa: E731
@@ -111,7 +141,11 @@ def run(args, parser):
                 raise HashEEError(f"{args.data}: no dict.{lang}.txt (see -s/-t)")
         src_dict, tgt_dict = load(args.source_lang), load(args.target_lang)
         sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
-        built, stats = build_stack_table(sides, args.stack, args.hash_type, buckets, args.num_layers, args.seed)
+        own_dict = src_dict if args.stack == "encoder" else tgt_dict
+        built, stats = build_stack_table(
+            sides, args.stack, args.hash_type, buckets, args.num_layers, args.seed,
+            checkpoint_embeddings(args, len(own_dict)), args.checkpoint or "",
+        )
     built.write(args.output, overwrite=args.force)
 
     report = {"histogram": histogram(built.table, stats.counts)}

@@ -4,7 +4,7 @@ Everything but the two stacks is fairseq's ``BARTModel``, so parameter names
 are BART's and ``--restore-file bart.base/model.pt`` restores a released
 checkpoint; the exit tables (``encoder.exit_table``, ``decoder.exit_table``)
 are the only additions, and a checkpoint that lacks them keeps the tables the
-task built.
+task built (rebuilt from the checkpoint's embeddings for the cluster hash).
 """
 
 import logging
@@ -79,7 +79,16 @@ class HashEEBARTModel(BARTModel):
         prefix = name + "." if name else ""
         for stack in (self.encoder, self.decoder):
             key = f"{prefix}{stack.stack_name}.exit_table"
-            if key not in state_dict:
+            embeddings = state_dict.get(f"{prefix}{stack.stack_name}.embed_tokens.weight")
+            if (
+                key not in state_dict
+                and stack.exit_table_rebuild is not None
+                and embeddings is not None
+                and embeddings.size(0) == len(stack.dictionary)  # else load_state_dict names the misfit
+            ):
+                logger.info(f"checkpoint has no {key}; hashing its {stack.stack_name} embeddings")
+                state_dict[key] = torch.from_numpy(stack.exit_table_rebuild(embeddings))
+            elif key not in state_dict:
                 logger.info(f"checkpoint has no {key}; keeping the table built by the task")
                 state_dict[key] = stack.exit_table.clone()
             elif (

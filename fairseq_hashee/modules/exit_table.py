@@ -1,5 +1,9 @@
-"""The token -> exit-layer table a HashEE stack carries, and its checks."""
+"""The token -> exit-layer table a HashEE stack carries, its checks, and the
+per-occurrence draw of ``random-incons`` tables (see hash_functions.py)."""
 
+from typing import Callable, Optional
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +31,11 @@ class ExitTableMixin:
         self.exit_table_source = None
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
+        # Whether the table holds draw sets (random-incons), kept in step with the buffer.
+        self.draws_per_occurrence = False
+        # For hashes of the model's own weights (cluster): rebuilds the table
+        # from a restored embedding matrix. Set by the task.
+        self.exit_table_rebuild: Optional[Callable[[Tensor], np.ndarray]] = None
 
     @property
     def exit_impl(self) -> str:
@@ -48,9 +57,10 @@ class ExitTableMixin:
             )
         if table.dtype.is_floating_point or table.dtype == torch.bool:
             raise HashEEError(f"{source}: {self.stack_name} exit table must hold integers, got {table.dtype}")
-        low, high = int(table.min()), int(table.max())
-        if low < 1 or high > self.num_layers:
-            bad = int(((table < 1) | (table > self.num_layers)).nonzero()[0])
+        # Layers 1..L, or a draw set: a nonempty mask of those layers, negated.
+        invalid = (table == 0) | (table > self.num_layers) | (table <= -(1 << self.num_layers))
+        if bool(invalid.any()):
+            bad = int(invalid.nonzero()[0])
             raise HashEEError(
                 f"{source}: {self.stack_name} exit table sends symbol {bad} "
                 f"({self.dictionary[bad]!r}) to layer {int(table[bad])}, "
@@ -62,8 +72,33 @@ class ExitTableMixin:
         self.check_exit_table(table, source)
         self.exit_table.copy_(table.to(self.exit_table))
         self.exit_table_source = source
+        self.draws_per_occurrence = bool((table < 0).any())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.draws_per_occurrence = bool((self.exit_table < 0).any())
 
     def token_exits(self, tokens: Tensor) -> Tensor:
-        """Exit layer of every position of ``tokens`` (B, T), time-major, 0 at padding."""
-        exits = self.exit_table[tokens].masked_fill(tokens.eq(self.padding_idx), 0)
-        return exits.t()
+        """Exit layer of every position of ``tokens`` (B, T), time-major, 0 at padding.
+
+        Called once per forward (once per new position when decoding
+        incrementally), so a drawn exit holds for every layer of that forward.
+        """
+        exits = self.exit_table[tokens]
+        if self.draws_per_occurrence:
+            exits = draw_exits(exits, self.num_layers)
+        return exits.masked_fill(tokens.eq(self.padding_idx), 0).t()
+
+
+def draw_exits(entries: Tensor, num_layers: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Replace every draw-set entry (< 0) by a layer drawn uniformly from its set.
+
+    Uses torch's random state (seeded by fairseq per run), so the draws of a
+    run are reproducible while every occurrence draws afresh.
+    """
+    layers = torch.arange(num_layers, device=entries.device)
+    in_set = ((-entries).clamp(min=0).unsqueeze(-1) >> layers) & 1
+    scores = torch.rand(in_set.shape, device=entries.device, generator=generator)
+    # The argmax of i.i.d. uniform scores over the set's layers is uniform over them.
+    drawn = scores.masked_fill(in_set == 0, -1.0).argmax(dim=-1) + 1
+    return torch.where(entries < 0, drawn, entries)

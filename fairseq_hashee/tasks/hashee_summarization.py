@@ -13,6 +13,7 @@ metrics and at the end of fairseq-generate / fairseq-interactive.
 """
 
 import atexit
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -136,11 +137,36 @@ class HashEESummarizationTask(TranslationTask):
                 stack.set_exit_table(torch.from_numpy(loaded.table), path)
             elif name == "encoder" or cfg.decoder_exits:
                 hash_type = getattr(cfg, f"{name}_hash_type")
-                built, stats = build_stack_table(
-                    sides, name, hash_type, self._buckets(name, stack.num_layers), stack.num_layers, cfg.hash_seed
-                )
-                logger.info(f"{name} exit table ({hash_type}): {histogram(built.table, stats.counts)}")
-                stack.set_exit_table(torch.from_numpy(built.table), f"--{name}-hash-type")
+                if hash_type == "cluster":
+                    # The table follows the model's embeddings: those it starts
+                    # with, or those --restore-file brings (the model calls back).
+                    stack.exit_table_rebuild = functools.partial(
+                        self._hash_stack, sides, stack, embeddings_from="restored embeddings"
+                    )
+                    table = self._hash_stack(sides, stack, stack.embed_tokens.weight, "initial embeddings")
+                else:
+                    table = self._hash_stack(sides, stack)
+                stack.set_exit_table(torch.from_numpy(table), f"--{name}-hash-type")
+
+    def _hash_stack(self, sides, stack, embeddings=None, embeddings_from=""):
+        """Build ``stack``'s table with the task's options and log its histogram."""
+        name = stack.stack_name
+        hash_type = getattr(self.cfg, f"{name}_hash_type")
+        if embeddings is not None:
+            embeddings = embeddings.detach().float().cpu().numpy()
+        built, stats = build_stack_table(
+            sides,
+            name,
+            hash_type,
+            self._buckets(name, stack.num_layers),
+            stack.num_layers,
+            self.cfg.hash_seed,
+            embeddings,
+            embeddings_from,
+        )
+        what = f"{hash_type}, {embeddings_from}" if embeddings_from else hash_type
+        logger.info(f"{name} exit table ({what}): {histogram(built.table, stats.counts)}")
+        return built.table
 
     def _buckets(self, stack: str, num_layers: int):
         cfg = self.cfg
