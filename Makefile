@@ -18,6 +18,9 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)" cython numpy setuptools wheel
 	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	# fairseq pulls a torchaudio built for another torch; fairseq's text code
+	# never imports it, but transformers (the tests' oracle) does, and fails.
+	$(BIN)/pip uninstall --quiet --yes torchaudio
 	$(BIN)/python -c "import fairseq, fairseq_hashee"
 	touch $@
 

@@ -19,13 +19,16 @@ setup(
         "rouge-score",
         "jieba",
     ],
-    extras_require={"test": ["pytest"]},
+    # transformers is a test-only oracle (checkpoint conversion, WordPiece).
+    extras_require={"test": ["pytest", "transformers"]},
     entry_points={
         "console_scripts": [
             "hashee-rouge=fairseq_hashee.cli.rouge:main",
             "hashee-sample-data=fairseq_hashee.cli.sample_data:main",
             "hashee-spm=fairseq_hashee.cli.spm:main",
             "hashee-table=fairseq_hashee.cli.table:main",
+            "hashee-convert=fairseq_hashee.cli.convert:main",
+            "hashee-wordpiece=fairseq_hashee.tokenization.wordpiece:console_main",
         ]
     },
 )

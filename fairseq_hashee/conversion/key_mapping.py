@@ -1,0 +1,206 @@
+"""Hugging Face CPT / BART parameter names -> fairseq (HashEE) parameter names.
+
+Each family is a list of rules: a regular expression over the Hugging Face
+name and what becomes of a match (a fairseq name, or a reason to drop it). A
+name no rule matches is unexpected, and the checkpoint is refused with those
+names listed: a converter that guesses would restore a model silently wrong.
+
+Only the generation path is kept: CPT's understanding decoder (the top BERT
+layers) is dropped. Word embeddings, decoder input embeddings and the output
+projection are one matrix in fairseq's BART and in these checkpoints; the
+converter checks that they are equal rather than assuming it.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..errors import HashEEError
+from .vocabulary import VocabMapping
+
+EMBEDDINGS = "embeddings"  # a tied copy of the word embeddings
+Target = Union[str, Tuple[None, str]]  # fairseq name, or (None, why it is dropped)
+
+_BERT_SUBLAYERS = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.output.LayerNorm": "self_attn_layer_norm",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
+    "output.LayerNorm": "final_layer_norm",
+}
+_BART_SUBLAYER = (
+    r"((?:self_attn|encoder_attn)\.(?:q|k|v|out)_proj|self_attn_layer_norm|encoder_attn_layer_norm"
+    r"|final_layer_norm|fc1|fc2)\.(weight|bias)"
+)
+
+
+@dataclass
+class Converted:
+    family: str  # "cpt" or "bart"
+    state: Dict[str, Tensor]
+    args: Dict[str, object]  # fairseq model options the weights need
+    dropped: List[str] = field(default_factory=list)
+
+
+def _rules_cpt(shared_layers: int) -> List[Tuple[str, Callable[[re.Match], Target]]]:
+    def bert_layer(m):
+        index, sublayer, kind = int(m.group(1)), m.group(2), m.group(3)
+        if index >= shared_layers:
+            return None, "understanding decoder (not used for generation)"
+        return f"encoder.layers.{index}.{_BERT_SUBLAYERS[sublayer]}.{kind}"
+
+    sublayers = "|".join(re.escape(k) for k in _BERT_SUBLAYERS)
+    return [
+        (r"model\.encoder\.embeddings\.word_embeddings\.weight", lambda m: EMBEDDINGS),
+        (r"model\.encoder\.embeddings\.position_embeddings\.weight", lambda m: "encoder.embed_positions.weight"),
+        (r"model\.encoder\.embeddings\.token_type_embeddings\.weight", lambda m: "encoder.embed_token_types.weight"),
+        (r"model\.encoder\.embeddings\.LayerNorm\.(weight|bias)", lambda m: f"encoder.layernorm_embedding.{m.group(1)}"),
+        (r"model\.encoder\.embeddings\.(position_ids|token_type_ids)", lambda m: (None, "index buffer")),
+        (rf"model\.encoder\.encoder\.layer\.(\d+)\.({sublayers})\.(weight|bias)", bert_layer),
+        (r"model\.encoder\.pooler\..*", lambda m: (None, "BERT pooler (not used for generation)")),
+        (r"model\.(shared|decoder\.embed_tokens)\.weight|lm_head\.weight", lambda m: EMBEDDINGS),
+        (r"model\.decoder\.(embed_positions\.weight|layernorm_embedding\.(?:weight|bias))", lambda m: f"decoder.{m.group(1)}"),
+        (rf"model\.decoder\.layers\.(\d+)\.{_BART_SUBLAYER}", lambda m: f"decoder.layers.{m.group(1)}.{m.group(2)}.{m.group(3)}"),
+        (r"final_logits_bias", lambda m: (None, "final_logits_bias")),
+    ]
+
+
+def _rules_bart() -> List[Tuple[str, Callable[[re.Match], Target]]]:
+    return [
+        (r"model\.(shared|encoder\.embed_tokens|decoder\.embed_tokens)\.weight|lm_head\.weight", lambda m: EMBEDDINGS),
+        (
+            r"model\.(encoder|decoder)\.(embed_positions\.weight|layernorm_embedding\.(?:weight|bias))",
+            lambda m: f"{m.group(1)}.{m.group(2)}",
+        ),
+        (
+            rf"model\.(encoder|decoder)\.layers\.(\d+)\.{_BART_SUBLAYER}",
+            lambda m: f"{m.group(1)}.layers.{m.group(2)}.{m.group(3)}.{m.group(4)}",
+        ),
+        (r"final_logits_bias", lambda m: (None, "final_logits_bias")),
+    ]
+
+
+def detect_family(weights: Dict[str, Tensor], source: str) -> str:
+    if "model.encoder.embeddings.word_embeddings.weight" in weights:
+        return "cpt"
+    if "model.encoder.layers.0.self_attn.q_proj.weight" in weights:
+        return "bart"
+    sample = ", ".join(sorted(weights)[:5])
+    raise HashEEError(f"{source}: neither a CPT nor a BART checkpoint (keys: {sample}, ...)")
+
+
+def _config_int(config: dict, key: str, source: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or value < 0:
+        raise HashEEError(f"{source}/config.json: {key} missing or not a non-negative integer ({value!r})")
+    return value
+
+
+def _activation(config: dict, source: str) -> str:
+    name = config.get("activation_function", "gelu")
+    if name not in ("gelu", "relu"):
+        raise HashEEError(f"{source}/config.json: activation_function {name!r} has no fairseq equivalent here")
+    return name
+
+
+def convert_state(
+    weights: Dict[str, Tensor], config: dict, vocab: VocabMapping, source: str
+) -> Converted:
+    """Rename, reorder and check every tensor; fairseq option values come from the config."""
+    family = detect_family(weights, source)
+    if config.get("add_final_layer_norm") or config.get("normalize_before"):
+        raise HashEEError(f"{source}/config.json: pre-LN / final layer norm (mBART-style) is not BART's layout")
+    decoder_layers = _config_int(config, "decoder_layers", source)
+    if family == "cpt":
+        # CPT's BERT has encoder_layers layers; generation reads the output of
+        # the first encoder_layers - decoder_layers (the rest is the understanding decoder).
+        shared = _config_int(config, "encoder_layers", source) - decoder_layers
+        if shared < 1:
+            raise HashEEError(f"{source}/config.json: encoder_layers must exceed decoder_layers")
+        rules = _rules_cpt(shared)
+    else:
+        shared = _config_int(config, "encoder_layers", source)
+        rules = _rules_bart()
+    compiled = [(re.compile(pattern), target) for pattern, target in rules]
+
+    state: Dict[str, Tensor] = {}
+    tied: Dict[str, Tensor] = {}
+    dropped: Dict[str, List[str]] = {}
+    unexpected = []
+    for name, tensor in weights.items():
+        target: Optional[Target] = None
+        for pattern, rule in compiled:
+            match = pattern.fullmatch(name)
+            if match:
+                target = rule(match)
+                break
+        if target is None:
+            unexpected.append(name)
+        elif target == EMBEDDINGS:
+            tied[name] = tensor
+        elif isinstance(target, tuple):
+            dropped.setdefault(target[1], []).append(name)
+        else:
+            state[target] = tensor
+    if unexpected:
+        shown = ", ".join(sorted(unexpected)[:5]) + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
+        raise HashEEError(f"{source}: not a {family.upper()} checkpoint this converter knows: unexpected keys {shown}")
+
+    embeddings = _tied_embeddings(tied, source)
+    bias = weights.get("final_logits_bias")
+    if bias is not None and bool(bias.ne(0).any()):
+        raise HashEEError(f"{source}: final_logits_bias is not zero; fairseq's BART output layer has no bias")
+    if embeddings.size(0) != len(vocab.order):
+        raise HashEEError(
+            f"{source}: the word embeddings have {embeddings.size(0)} rows but the vocabulary "
+            f"{len(vocab.order)} symbols"
+        )
+    embeddings = embeddings.index_select(0, vocab.order)
+    for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+        state[name] = embeddings
+    if family == "cpt":
+        # BERT positions start at row 0; fairseq's learned positions at padding_idx + 1 = 2.
+        positions = state["encoder.embed_positions.weight"]
+        state["encoder.embed_positions.weight"] = torch.cat([positions.new_zeros(2, positions.size(1)), positions])
+    state = {name: tensor.float().contiguous() for name, tensor in state.items()}
+
+    dim = embeddings.size(1)
+    enc_ffn = state["encoder.layers.0.fc1.weight"].size(0) if "encoder.layers.0.fc1.weight" in state else 4 * dim
+    dec_ffn = state["decoder.layers.0.fc1.weight"].size(0) if "decoder.layers.0.fc1.weight" in state else 4 * dim
+    args = {
+        "encoder_layers": shared,
+        "decoder_layers": decoder_layers,
+        "encoder_embed_dim": dim,
+        "decoder_embed_dim": dim,
+        "encoder_ffn_embed_dim": enc_ffn,
+        "decoder_ffn_embed_dim": dec_ffn,
+        "encoder_attention_heads": _config_int(config, "encoder_attention_heads", source),
+        "decoder_attention_heads": _config_int(config, "decoder_attention_heads", source),
+        "max_source_positions": state["encoder.embed_positions.weight"].size(0) - 2,
+        "max_target_positions": state["decoder.embed_positions.weight"].size(0) - 2,
+        "activation_fn": _activation(config, source),
+        "no_scale_embedding": not config.get("scale_embedding", False),
+    }
+    notes = [f"{len(names)} {why} tensors" for why, names in dropped.items()]
+    if len(tied) > 1:
+        notes.append(f"{len(tied) - 1} tied copies of the word embeddings")
+    return Converted(family, state, args, notes)
+
+
+def _tied_embeddings(tied: Dict[str, Tensor], source: str) -> Tensor:
+    if not tied:
+        raise HashEEError(f"{source}: no word embeddings in the checkpoint")
+    names = sorted(tied, key=lambda name: (name == "lm_head.weight", name))  # the output layer last
+    first = tied[names[0]]
+    for name in names[1:]:
+        if tied[name].shape != first.shape or not torch.equal(tied[name], first):
+            raise HashEEError(
+                f"{source}: {name} differs from {names[0]}; fairseq's BART ties input embeddings and output layer"
+            )
+    return first
