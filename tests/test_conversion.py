@@ -122,45 +122,58 @@ def test_cpt_greedy_decoding_matches_transformers(tmp_path):
     assert ours == expected
 
 
-def _bart_reference(tmp_path, seed=0):
-    vocab = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(30)] + ["<mask>"]
+ENGLISH_BART_VOCAB = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(30)] + ["<mask>"]
+
+
+def _bart_reference(tmp_path, seed=0, chinese=False):
+    """A tiny transformers BART: English (vocab.json, fairseq layout) or Chinese
+    (fnlp/bart-*-chinese style: BERT vocab.txt, [PAD] 0, decoding from [SEP])."""
+    vocab = BERT_VOCAB if chinese else ENGLISH_BART_VOCAB
+    pad, bos, eos = (vocab.index("[PAD]"), vocab.index("[CLS]"), vocab.index("[SEP]")) if chinese else (1, 0, 2)
     model = randomize(BartForConditionalGeneration(BartConfig(
         vocab_size=len(vocab), d_model=DIM, encoder_layers=2, decoder_layers=2, encoder_attention_heads=HEADS,
         decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, max_position_embeddings=MAX_POS,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=None)), seed)
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=pad, bos_token_id=bos,
+        eos_token_id=eos, decoder_start_token_id=eos, forced_bos_token_id=None, forced_eos_token_id=None)), seed)
     with torch.no_grad():
         model.final_logits_bias.zero_()
     hf_dir = tmp_path / "bart"
     model.save_pretrained(str(hf_dir))
-    (hf_dir / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
+    if chinese:
+        (hf_dir / "vocab.txt").write_text("".join(s + "\n" for s in vocab), encoding="utf-8")
+    else:
+        (hf_dir / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
     return model, hf_dir, vocab
 
 
-def test_bart_conversion_matches_transformers(tmp_path):
-    reference, hf_dir, vocab = _bart_reference(tmp_path)
+@pytest.mark.parametrize("chinese", [False, True])
+def test_bart_conversion_matches_transformers(tmp_path, chinese):
+    reference, hf_dir, vocab = _bart_reference(tmp_path, chinese=chinese)
     assert (hf_dir / "model.safetensors").exists()
     report, dictionary, model = _fairseq_model(hf_dir, tmp_path / "out")
     assert report["family"] == "bart" and report["arch"] == "hashee_bart_base"
-    identity = {i: i for i in range(len(vocab))}
+    order = map_vocab(vocab, "vocab").order
+    fairseq_of = {int(hf): fs for fs, hf in enumerate(order)}
+    pad, eos = reference.config.pad_token_id, reference.config.eos_token_id
     gen = torch.Generator().manual_seed(2)
-    sentences = [torch.randint(4, len(vocab) - 1, (n,), generator=gen).tolist() + [2] for n in (8, 4)]
-    src_hf, mask, src_ours = _batch(sentences, 1, identity, left_pad=True)
-    prev = [[2] + s[:5] for s in sentences]
-    prev_hf, _, prev_ours = _batch(prev, 1, identity, left_pad=False)
+    first = 6 if chinese else 4
+    sentences = [torch.randint(first, len(vocab) - 1, (n,), generator=gen).tolist() + [eos] for n in (8, 4)]
+    src_hf, mask, src_ours = _batch(sentences, pad, fairseq_of, left_pad=True)
+    prev = [[eos] + s[:5] for s in sentences]
+    prev_hf, _, prev_ours = _batch(prev, pad, fairseq_of, left_pad=False)
     with torch.no_grad():
-        logits_hf = reference(input_ids=src_hf, attention_mask=mask, decoder_input_ids=prev_hf).logits
+        logits_hf = reference(input_ids=src_hf, attention_mask=mask, decoder_input_ids=prev_hf).logits[..., order]
         logits = model(src_ours, mask.sum(1), prev_ours)[0]
         for row, p in enumerate(prev):
             assert (logits[row, : len(p)] - logits_hf[row, : len(p)]).abs().max() < ATOL
 
         # greedy decoding: transformers' generate and fairseq's SequenceGenerator
-        src = torch.tensor([sentences[0]])
-        theirs = reference.generate(src, num_beams=1, do_sample=False, max_new_tokens=8, min_new_tokens=1,
-                                    bad_words_ids=[[1]])[0, 1:].tolist()
+        theirs = reference.generate(torch.tensor([sentences[0]]), num_beams=1, do_sample=False, max_new_tokens=8,
+                                    min_new_tokens=1, bad_words_ids=[[pad]])[0, 1:].tolist()
+        src = src_ours[:1]
         generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=0, max_len_b=8)
         ours = generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)])}})
-    ours = ours[0][0]["tokens"].tolist()
+    ours = [int(order[i]) for i in ours[0][0]["tokens"].tolist()]
     assert ours[: len(theirs)] == theirs
 
 
