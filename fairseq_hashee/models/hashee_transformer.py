@@ -4,7 +4,9 @@ Each stack keeps fairseq's embeddings, layers and output layer and replaces
 only the loop over layers: layer ``i`` updates the positions whose exit layer
 is at least ``i`` (see modules/active_tokens.py). ``exit_impl`` picks how:
 
-- ``skip`` runs each layer on the active positions only (modules/hashee_layers.py);
+- ``skip`` plans each layer: no work where no position is active, fairseq's
+  stock layer where no position has exited yet, and otherwise the active
+  positions only (modules/hashee_layers.py);
 - ``masked`` runs fairseq's stock layer on every position and keeps the old
   state where a position has exited: the slow reference definition.
 """
@@ -15,7 +17,7 @@ import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 from torch import Tensor
 
-from ..modules.active_tokens import select_active
+from ..modules.active_tokens import Plan, plan_layer
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
 from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer
@@ -54,9 +56,11 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
                 updated = layer(x, encoder_padding_mask=layer_padding_mask)
                 x = torch.where((exits >= i).unsqueeze(-1), updated, x)
             else:
-                sel = select_active(exits, i)
-                if sel is not None:
-                    x = layer.forward_active(x, layer_padding_mask, sel)
+                plan = Plan.EVERY if self.no_early_exits else plan_layer(exits, i)
+                if plan is Plan.EVERY:
+                    x = layer(x, encoder_padding_mask=layer_padding_mask)
+                elif plan is not Plan.SKIP:
+                    x = layer.forward_active(x, layer_padding_mask, plan)
             if return_all_hiddens:
                 encoder_states.append(x)
 
@@ -126,9 +130,12 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
         exits = self.token_exits(tokens)
 
         inner_states: List[Optional[Tensor]] = [x]
+        future_mask = self.buffered_future_mask(x) if incremental_state is None else None
         for i, layer in enumerate(self.layers, start=1):
-            if self.exit_impl == "masked":
-                future_mask = self.buffered_future_mask(x) if incremental_state is None else None
+            plan = Plan.EVERY if self.no_early_exits or self.exit_impl == "masked" else plan_layer(exits, i)
+            if incremental_state is not None and self.exit_impl == "skip":
+                x = layer.forward_step(x, plan, enc, enc_padding_mask, incremental_state, self_attn_padding_mask)
+            elif plan is Plan.EVERY:
                 updated, _, _ = layer(
                     x,
                     enc,
@@ -137,16 +144,10 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
                     self_attn_mask=future_mask,
                     self_attn_padding_mask=self_attn_padding_mask,
                 )
-                x = torch.where((exits >= i).unsqueeze(-1), updated, x)
-            else:
-                x = layer.forward_active(
-                    x,
-                    select_active(exits, i),
-                    enc,
-                    enc_padding_mask,
-                    incremental_state,
-                    self_attn_padding_mask,
-                )
+                # The masked reference keeps the old state of every exited position.
+                x = updated if self.exit_impl == "skip" else torch.where((exits >= i).unsqueeze(-1), updated, x)
+            elif plan is not Plan.SKIP:
+                x = layer.forward_active(x, plan, enc, enc_padding_mask, self_attn_padding_mask)
             inner_states.append(x)
 
         if self.layer_norm is not None:
@@ -201,7 +202,7 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
                 pad = cache.get("prev_key_padding_mask")
             else:
                 src_len, enc_rows, pad = enc.size(0), enc.size(1), enc_padding_mask
-            lengths = exits.new_full((enc_rows,), src_len) if pad is None else (~pad).sum(dim=1)
+            lengths = exits.new_full((enc_rows,), src_len) if pad is None else pad.logical_not().sum(dim=1)
             src_lengths = lengths.repeat_interleave(num_rows // enc_rows)
             # Cross-attention keys/values are projected on the first call only.
             cross_kv = lengths if past_len == 0 else None

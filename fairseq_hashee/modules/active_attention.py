@@ -17,13 +17,41 @@ from torch import Tensor
 from .active_tokens import ActiveTokens
 
 
-def project_kv(attn: MultiheadAttention, x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Keys and values of time-major ``x`` (S, B, C) as (B, heads, S, head_dim)."""
-    seq_len, bsz, _ = x.shape
-    shape = (seq_len, bsz, attn.num_heads, attn.head_dim)
-    k = attn.k_proj(x).view(shape).permute(1, 2, 0, 3)
-    v = attn.v_proj(x).view(shape).permute(1, 2, 0, 3)
-    return k, v
+def _fused_kv_parameters(attn: MultiheadAttention) -> Tuple[Tensor, Optional[Tensor]]:
+    """fairseq's separate key and value projections as one (2C, C) weight.
+
+    One product over all positions instead of two. When no gradient is needed
+    the fused copy is kept and rebuilt only when a weight changes (an optimizer
+    step or load bumps the tensors' versions; moving them changes the pointer).
+    """
+    k, v = attn.k_proj, attn.v_proj
+    tensors = [t for t in (k.weight, v.weight, k.bias, v.bias) if t is not None]
+
+    def fuse():
+        bias = None if k.bias is None else torch.cat([k.bias, v.bias])
+        return torch.cat([k.weight, v.weight]), bias
+
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return fuse()
+    stamp = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cached = getattr(attn, "_hashee_fused_kv", None)
+    if cached is None or cached[0] != stamp:
+        with torch.no_grad():
+            cached = (stamp, fuse())
+        attn._hashee_fused_kv = cached
+    return cached[1]
+
+
+def project_kv(attn: MultiheadAttention, x: Tensor, batch_first: bool = False) -> Tuple[Tensor, Tensor]:
+    """Keys and values of ``x`` as (B, heads, S, head_dim); ``x`` is time-major
+    (S, B, C), or (B, S, C) with ``batch_first``."""
+    weight, bias = _fused_kv_parameters(attn)
+    kv = F.linear(x, weight, bias)
+    if batch_first:
+        kv = kv.transpose(0, 1)
+    seq_len, bsz, _ = kv.shape
+    kv = kv.view(seq_len, bsz, 2, attn.num_heads, attn.head_dim).permute(2, 1, 3, 0, 4)
+    return kv[0], kv[1]
 
 
 def _pack(values: Tensor, sel: ActiveTokens, fill) -> Tensor:
@@ -65,7 +93,8 @@ def attend_active(
     src_len = keys.size(2)
     mask: Optional[Tensor] = None
     if key_padding_mask is not None:
-        mask = ~key_padding_mask[:, None, None, :]
+        # fairseq's own attention may have cached the mask as floats (1.0 = pad).
+        mask = key_padding_mask[:, None, None, :].logical_not()
     if query_positions is not None:
         # Unused slots see every key, which keeps their softmax finite.
         last = _pack(query_positions, sel, src_len - 1)

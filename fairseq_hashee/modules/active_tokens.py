@@ -3,9 +3,14 @@
 This is the one place that turns exit layers into the work a layer does
 (DESIGN.md section 1): layer ``i`` updates position ``t`` iff
 ``exit[t] >= i``. Pad positions carry exit 0 and are never updated.
+
+A layer's plan is one of three: ``SKIP`` (no position is active: the layer
+does no work at all), ``EVERY`` (no position has exited yet: the stock fairseq
+layer runs, with no gather/scatter cost), or an ``ActiveTokens`` selection.
 """
 
-from typing import NamedTuple, Optional
+import enum
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -32,16 +37,27 @@ class ActiveTokens(NamedTuple):
         return self.row_ids.numel() == self.num_rows
 
 
-def select_active(exits: Tensor, layer: int) -> Optional[ActiveTokens]:
-    """Positions of time-major ``exits`` (T, B) that ``layer`` (1-based) updates.
+class Plan(enum.Enum):
+    SKIP = "no position is active"
+    EVERY = "every non-pad position is active"
 
-    Returns None when the layer updates nothing, so callers can skip it.
-    """
+
+LayerPlan = Union[Plan, ActiveTokens]
+
+
+def plan_layer(exits: Tensor, layer: int) -> LayerPlan:
+    """What ``layer`` (1-based) does with the positions of time-major ``exits`` (T, B)."""
     active = exits.t() >= layer  # (B, T)
+    if active.numel() == 0:
+        return Plan.SKIP
     per_row = active.sum(dim=1)
-    n_slots = int(per_row.max()) if per_row.numel() else 0
+    frozen = (exits > 0).sum() - per_row.sum()
+    # One read of two numbers: the only host synchronisation of the plan.
+    n_slots, n_frozen = torch.stack([per_row.max(), frozen]).tolist()
     if n_slots == 0:
-        return None
+        return Plan.SKIP
+    if n_frozen == 0:
+        return Plan.EVERY
     num_rows = active.size(0)
     b, t = active.nonzero(as_tuple=True)
     has_active = per_row > 0

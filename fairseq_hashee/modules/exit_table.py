@@ -31,8 +31,11 @@ class ExitTableMixin:
         self.exit_table_source = None
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
-        # Whether the table holds draw sets (random-incons), kept in step with the buffer.
+        # Kept in step with the buffer: whether the table holds draw sets
+        # (random-incons), and whether every symbol runs every layer (then the
+        # stack is fairseq's, with no per-layer planning at all).
         self.draws_per_occurrence = False
+        self.no_early_exits = True
         # For hashes of the model's own weights (cluster): rebuilds the table
         # from a restored embedding matrix. Set by the task.
         self.exit_table_rebuild: Optional[Callable[[Tensor], np.ndarray]] = None
@@ -72,11 +75,15 @@ class ExitTableMixin:
         self.check_exit_table(table, source)
         self.exit_table.copy_(table.to(self.exit_table))
         self.exit_table_source = source
-        self.draws_per_occurrence = bool((table < 0).any())
+        self._table_changed()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._table_changed()
+
+    def _table_changed(self) -> None:
         self.draws_per_occurrence = bool((self.exit_table < 0).any())
+        self.no_early_exits = bool((self.exit_table == self.num_layers).all())
 
     def token_exits(self, tokens: Tensor) -> Tensor:
         """Exit layer of every position of ``tokens`` (B, T), time-major, 0 at padding.

@@ -17,7 +17,7 @@ from fairseq.modules.transformer_layer import (
 from torch import Tensor
 
 from .active_attention import attend_active, project_kv
-from .active_tokens import ActiveTokens
+from .active_tokens import ActiveTokens, LayerPlan, Plan
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -44,6 +44,19 @@ def _take_rows(t: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:
     return t if t is None or rows is None else t.index_select(0, rows)
 
 
+def _cat_padding(
+    old: Optional[Tensor], old_len: int, new: Optional[Tensor], new_len: int, bsz: int
+) -> Optional[Tensor]:
+    """Append key-padding masks (B, len) where either side may be None (= no padding);
+    fairseq's attention may have cached one as floats, so both become bool."""
+    if old is None and new is None:
+        return None
+    device = (old if old is not None else new).device
+    old = torch.zeros(bsz, old_len, dtype=torch.bool, device=device) if old is None else old.bool()
+    new = torch.zeros(bsz, new_len, dtype=torch.bool, device=device) if new is None else new.bool()
+    return torch.cat([old, new], dim=1)
+
+
 class HashEEEncoderLayer(_ActiveSublayers, TransformerEncoderLayerBase):
     def forward_active(
         self, x: Tensor, padding_mask: Optional[Tensor], sel: ActiveTokens
@@ -66,30 +79,78 @@ class HashEEEncoderLayer(_ActiveSublayers, TransformerEncoderLayerBase):
 
 
 class HashEEDecoderLayer(_ActiveSublayers, TransformerDecoderLayerBase):
+    """Decoder layer: teacher-forced over active positions, or one incremental step.
+
+    The self-attention cache lives in fairseq's ``MultiheadAttention`` buffer
+    layout (``prev_key``/``prev_value`` as (B, heads, S, head_dim)), so fairseq's
+    ``reorder_incremental_state`` reorders it for beam search and the stock
+    layer can extend it. When a step has no active position at this layer, the
+    layer's inputs for that step wait in the buffer as ``pending_input``
+    (B, P, C) instead of being projected; the next step with an active query
+    projects all of them in one product. Every key a query reads is thus the
+    key of that position's input to this layer: its frozen state if it exited
+    below (the KV-cache invariant of DESIGN.md section 1).
+    """
+
     def forward_active(
         self,
         x: Tensor,
-        sel: Optional[ActiveTokens],
+        sel: ActiveTokens,
+        encoder_out: Optional[Tensor],
+        encoder_padding_mask: Optional[Tensor],
+        self_attn_padding_mask: Optional[Tensor],
+    ) -> Tensor:
+        """Teacher-forced: update the ``sel`` positions of ``x`` (T, B, C)."""
+        kv_in = self._attention_input(x, self.self_attn_layer_norm)
+        keys, values = project_kv(self.self_attn, kv_in)
+        return self._update_active(
+            x, kv_in, sel, keys, values, self_attn_padding_mask, encoder_out, encoder_padding_mask, None
+        )
+
+    def forward_step(
+        self,
+        x: Tensor,
+        plan: LayerPlan,
+        encoder_out: Optional[Tensor],
+        encoder_padding_mask: Optional[Tensor],
+        incremental_state: IncrementalState,
+        self_attn_padding_mask: Optional[Tensor],
+    ) -> Tensor:
+        """Incremental: ``x`` (1, B, C) holds the new position of every row."""
+        kv_in = self._attention_input(x, self.self_attn_layer_norm)
+        buffer = self.self_attn._get_input_buffer(incremental_state)
+        if plan is Plan.SKIP:
+            self._defer(buffer, kv_in, self_attn_padding_mask)
+            self.self_attn._set_input_buffer(incremental_state, buffer)
+            return x
+        if plan is Plan.EVERY:
+            # Bring the cache up to date, then let fairseq's own layer add this step.
+            self._flush(buffer, None, None)
+            self.self_attn._set_input_buffer(incremental_state, buffer)
+            out, _, _ = self(
+                x, encoder_out, encoder_padding_mask, incremental_state,
+                self_attn_padding_mask=self_attn_padding_mask,
+            )
+            return out
+        keys, values, key_pad = self._flush(buffer, kv_in, self_attn_padding_mask)
+        self.self_attn._set_input_buffer(incremental_state, buffer)
+        return self._update_active(
+            x, kv_in, plan, keys, values, key_pad, encoder_out, encoder_padding_mask, incremental_state
+        )
+
+    def _update_active(
+        self,
+        x: Tensor,
+        kv_in: Tensor,
+        sel: ActiveTokens,
+        keys: Tensor,
+        values: Tensor,
+        key_pad: Optional[Tensor],
         encoder_out: Optional[Tensor],
         encoder_padding_mask: Optional[Tensor],
         incremental_state: Optional[IncrementalState],
-        self_attn_padding_mask: Optional[Tensor],
     ) -> Tensor:
-        """Update the ``sel`` positions of the new decoder states ``x`` (Tn, B, C).
-
-        Whatever ``sel`` holds, this layer's self-attention keys and values are
-        projected for every new position and appended to the cache: the input
-        of this layer for a position that exited below it is its frozen state,
-        which is exactly ``x`` (the KV-cache invariant of DESIGN.md section 1).
-        """
-        kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        keys, values = project_kv(self.self_attn, kv_in)
-        keys, values, key_pad = self._extend_self_cache(
-            keys, values, self_attn_padding_mask, incremental_state
-        )
-        if sel is None:
-            return x
-
+        """Self-attention, cross-attention and feed-forward for the ``sel`` positions."""
         dim = x.size(-1)
         rows = None if sel.all_rows else sel.row_ids
         past_len = keys.size(2) - x.size(0)
@@ -126,37 +187,34 @@ class HashEEDecoderLayer(_ActiveSublayers, TransformerDecoderLayerBase):
         h = self._feed_forward(h)
         return x.reshape(-1, dim).index_copy(0, sel.flat, h).view_as(x)
 
-    def _extend_self_cache(
-        self,
-        keys: Tensor,
-        values: Tensor,
-        key_pad: Optional[Tensor],
-        incremental_state: Optional[IncrementalState],
-    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """Append this step's keys/values to the cache, in fairseq's buffer layout.
+    @staticmethod
+    def _defer(buffer: Dict[str, Optional[Tensor]], kv_in: Tensor, pad: Optional[Tensor]) -> None:
+        """Keep this step's layer inputs (and padding) to project later."""
+        new = kv_in.transpose(0, 1)  # (B, 1, C)
+        pending = buffer.get("pending_input")
+        past = 0 if pending is None else pending.size(1)
+        buffer["pending_padding_mask"] = _cat_padding(buffer.get("pending_padding_mask"), past, pad, 1, new.size(0))
+        buffer["pending_input"] = new if pending is None else torch.cat([pending, new], dim=1)
 
-        The layout is the one ``MultiheadAttention`` uses, so its
-        ``reorder_incremental_state`` reorders our cache for beam search.
-        """
-        if incremental_state is None:
-            return keys, values, key_pad
-        buffer = self.self_attn._get_input_buffer(incremental_state)
+    def _flush(
+        self, buffer: Dict[str, Optional[Tensor]], kv_in: Optional[Tensor], pad: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Project the pending inputs (and ``kv_in``, if given) in one product and
+        append them to the cache; returns the whole cache."""
+        if kv_in is not None:
+            self._defer(buffer, kv_in, pad)
+        pending = buffer.pop("pending_input", None)
+        pending_pad = buffer.pop("pending_padding_mask", None)
+        if pending is None:
+            return buffer.get("prev_key"), buffer.get("prev_value"), buffer.get("prev_key_padding_mask")
+        keys, values = project_kv(self.self_attn, pending, batch_first=True)
+        past = 0
         if "prev_key" in buffer:
-            prev_pad = buffer.get("prev_key_padding_mask")
-            past_len = buffer["prev_key"].size(2)
+            past = buffer["prev_key"].size(2)
             keys = torch.cat([buffer["prev_key"], keys], dim=2)
             values = torch.cat([buffer["prev_value"], values], dim=2)
-            if prev_pad is not None or key_pad is not None:
-                bsz, new_len = keys.size(0), keys.size(2) - past_len
-                if prev_pad is None:
-                    prev_pad = key_pad.new_zeros(bsz, past_len)
-                if key_pad is None:
-                    key_pad = prev_pad.new_zeros(bsz, new_len)
-                key_pad = torch.cat([prev_pad, key_pad], dim=1)
-        buffer["prev_key"] = keys
-        buffer["prev_value"] = values
-        buffer["prev_key_padding_mask"] = key_pad
-        self.self_attn._set_input_buffer(incremental_state, buffer)
+        key_pad = _cat_padding(buffer.get("prev_key_padding_mask"), past, pending_pad, pending.size(1), pending.size(0))
+        buffer["prev_key"], buffer["prev_value"], buffer["prev_key_padding_mask"] = keys, values, key_pad
         return keys, values, key_pad
 
     def _encoder_kv(
