@@ -20,7 +20,8 @@ setup(
         "jieba",
     ],
     # transformers is a test-only oracle (checkpoint conversion, WordPiece).
-    extras_require={"test": ["pytest", "transformers"]},
+    # matplotlib only draws the benchmark's --plot.
+    extras_require={"test": ["pytest", "transformers"], "bench": ["matplotlib"]},
     entry_points={
         "console_scripts": [
             "hashee-rouge=fairseq_hashee.cli.rouge:main",
@@ -28,7 +29,10 @@ setup(
             "hashee-spm=fairseq_hashee.cli.spm:main",
             "hashee-table=fairseq_hashee.cli.table:main",
             "hashee-convert=fairseq_hashee.cli.convert:main",
+            "hashee-benchmark=fairseq_hashee.cli.benchmark:main",
             "hashee-wordpiece=fairseq_hashee.tokenization.wordpiece:console_main",
+            "hashee-prepare=fairseq_hashee.cli.prepare:main",
+            "hashee-gpt2-bpe=fairseq_hashee.tokenization.gpt2_bpe:main",
         ]
     },
 )

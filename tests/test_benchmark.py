@@ -1,0 +1,50 @@
+"""The benchmark runs end to end on a tiny model and reports what it promises (not timed)."""
+
+import json
+
+from fairseq_hashee.cli import benchmark
+
+TINY = ("encoder_layers=3,decoder_layers=3,encoder_embed_dim=32,decoder_embed_dim=32,encoder_ffn_embed_dim=64,"
+        "decoder_ffn_embed_dim=64,encoder_attention_heads=4,decoder_attention_heads=4")
+
+
+def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    benchmark.main(["--model-args", TINY, "--vocab-size", "300", "--src-len", "24", "--batch-size", "1,2",
+                    "--gen-src-len", "16", "--tgt-len", "5", "--repeats", "1", "--sweep", "1,2,3;3",
+                    "--json", str(out)])
+    result = json.loads(out.read_text())
+    configs = [r["config"] for r in result["rows"]]
+    assert configs.count(benchmark.STOCK) == 3 and configs.count(benchmark.ALL_EXITS) == 3
+    for row in result["rows"]:
+        assert row["wall_s"] > 0 and row["tokens_per_s"] > 0
+        assert abs(row["efficiency"] - row["wall_speedup"] / row["flops_speedup"]) < 1e-9
+        if row["config"] in (benchmark.STOCK, benchmark.NO_EXITS):
+            assert row["flops_speedup"] == 1.0
+        else:
+            assert row["flops_speedup"] > 1.0
+    names = " ".join(c["target"] for c in result["targets"])
+    for target in ("no-exit overhead, encoder", "no-exit overhead, generate", "encoder efficiency",
+                   "generation efficiency", "peak memory"):
+        assert target in names
+    # the sweep's single-bucket setting (every token at the last layer) saves nothing
+    assert [s["buckets"] for s in result["sweep"]] == ["1,2,3", "3"]
+    assert result["sweep"][1]["flops_speedup"] == 1.0 < result["sweep"][0]["flops_speedup"]
+    printed = capsys.readouterr().out
+    assert "HashEE, enc+dec exits" in printed and ("MET" in printed or "MISS" in printed)
+
+
+def test_same_outputs_for_stock_and_hashee_without_exits():
+    """The wall-clock comparison is between models computing the same thing."""
+    import argparse
+
+    import torch
+
+    args = argparse.Namespace(arch="hashee_bart_base", model_args=TINY, tgt_len=4, seed=1, checkpoint=None)
+    dictionary = benchmark.synthetic_dictionary(200)
+    hashee, stock = benchmark.build_models(args, dictionary, 32)
+    src = torch.randint(4, 200, (2, 12))
+    with torch.no_grad():
+        ours = hashee.encoder(src, torch.tensor([12, 12]))["encoder_out"][0]
+        theirs = stock.encoder(src, torch.tensor([12, 12]))["encoder_out"][0]
+    assert torch.allclose(ours, theirs, atol=1e-5)
