@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parent.parent
 VOCAB = 48
 
 
+# (device, dtype, tolerance) the exit paths are checked in: fp32 to 1e-5, half
+# precision to 1e-2 (bf16 keeps 8 bits of mantissa; the tiny models' logits
+# are below 1), on the GPU too when there is one.
+PRECISIONS = [pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32"),
+              pytest.param("cpu", torch.bfloat16, 1e-2, id="cpu-bf16")]
+if torch.cuda.is_available():
+    PRECISIONS += [pytest.param("cuda", dtype, 1e-2, id=f"cuda-{name}")
+                   for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))]
+
+
 def tiny_dictionary(size: int = VOCAB) -> Dictionary:
     d = Dictionary()
     for i in range(size - len(d)):
@@ -92,7 +102,7 @@ def random_tables(model, generator: torch.Generator, low: int = 1, draw_sets: bo
         stack.set_exit_table(table)
 
 
-def random_batch(dictionary, generator: torch.Generator, bsz=4, src_len=9, tgt_len=7):
+def random_batch(dictionary, generator: torch.Generator, bsz=4, src_len=9, tgt_len=7, device="cpu"):
     """Left-padded sources and right-padded targets of mixed lengths, as fairseq batches them."""
     pad, eos, nspecial = dictionary.pad(), dictionary.eos(), dictionary.nspecial
     src = torch.randint(nspecial, len(dictionary), (bsz, src_len), generator=generator)
@@ -106,7 +116,7 @@ def random_batch(dictionary, generator: torch.Generator, bsz=4, src_len=9, tgt_l
         src[row, -1] = eos
         prev[row, 0] = eos
         prev[row, tgt_lengths[row] :] = pad
-    return src, src_lengths, prev
+    return src.to(device), src_lengths.to(device), prev.to(device)
 
 
 def set_exit_impl(model, impl: str):

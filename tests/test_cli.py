@@ -303,3 +303,16 @@ def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_pa
     assert (a["encoder.exit_table"] < LAYERS).any() and (a["decoder.exit_table"] < LAYERS).any()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_bf16_training_runs_on_cpu(data_bin, tmp_path):
+    """--bf16 (which fairseq 0.12 would turn into --tpu): fairseq's mixed-precision
+    optimizer over the exit-skipping model, on the CPU."""
+    proc = train(data_bin, tmp_path, "--max-update", 4, "--bf16", "--encoder-hash-type", "frequency",
+                 "--decoder-exits")
+    assert "training in bfloat16 on the usual device" in proc.stdout + proc.stderr
+    losses = train_losses(proc.stdout + proc.stderr)
+    assert len(losses) >= 3 and all(0 < loss < 100 for loss in losses)
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert state["model"]["encoder.layers.0.fc1.weight"].dtype in (torch.bfloat16, torch.float32)
+    assert (state["model"]["encoder.exit_table"] < LAYERS).any()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
+from conftest import PRECISIONS, build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
 
 ATOL = 1e-5
 
@@ -28,7 +28,7 @@ class _ExitRecorder:
 
     def __init__(self, stack, rows, steps):
         self.lookup = stack.token_exits
-        self.drawn = torch.zeros(rows, steps, dtype=torch.long)
+        self.drawn = torch.zeros(rows, steps, dtype=torch.long, device=stack.exit_table.device)
         self.replay = False
         stack.token_exits = self
 
@@ -45,7 +45,8 @@ class _ExitRecorder:
 @pytest.mark.parametrize(
     "seed, tables", [(0, "random"), (1, "random"), (2, "random"), (3, "draw-sets"), (4, "mostly-layer-1")]
 )
-def test_incremental_equals_teacher_forced(impl, beamable, seed, tables):
+@pytest.mark.parametrize("device, dtype, atol", PRECISIONS)
+def test_incremental_equals_teacher_forced(impl, beamable, seed, tables, device, dtype, atol):
     dictionary = tiny_dictionary()
     model = build_hashee(dictionary, seed=seed, layers=4)
     gen = torch.Generator().manual_seed(seed)
@@ -60,13 +61,14 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables):
         model.decoder.set_exit_table(table)
     deferred = 0
     set_exit_impl(model, impl)
+    model.to(device=device, dtype=dtype)
     bsz, beam, steps = 3, 2, 9
-    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10)
-    expand = torch.arange(bsz).repeat_interleave(beam)
+    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10, device=device)
+    expand = torch.arange(bsz, device=device).repeat_interleave(beam)
     if beamable:
         model.set_beam_size(beam)
 
-    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen).to(device)
     tokens[:, 0] = dictionary.eos()
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths)
@@ -79,7 +81,7 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables):
         recorder = _ExitRecorder(model.decoder, bsz * beam, steps) if draw_sets else None
         for step in range(steps):
             if step in (3, 6):
-                order = _beam_reorder(gen, bsz, beam)
+                order = _beam_reorder(gen, bsz, beam).to(device)
                 model.decoder.reorder_incremental_state_scripting(state, order)
                 tokens[:, :step] = tokens[order, :step]
                 if recorder:
@@ -90,7 +92,7 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables):
             if recorder:
                 recorder.replay = True
             forced = _teacher_forced(model, tokens[:, : step + 1], full_encoder_out)
-            assert (step_out[:, 0] - forced[:, step]).abs().max() < ATOL, step
+            assert (step_out[:, 0] - forced[:, step]).float().abs().max() < atol, step
             deferred += sum("pending_input" in layer.self_attn._get_input_buffer(state) for layer in model.decoder.layers)
     if tables == "mostly-layer-1" and impl == "skip":
         assert deferred > 0

@@ -28,6 +28,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from .. import hash_functions
 from ..errors import HashEEError
 from ..modules import flops
+from ..precision import allow_bf16_without_tpu
 from ..table_builder import SplitSides, build_stack_table, histogram
 from ..table_file import read_table
 
@@ -103,6 +104,11 @@ class HashEESummarizationTask(TranslationTask):
     def __init__(self, cfg: HashEESummarizationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self._generation_report_registered = False
+
+    @classmethod
+    def setup_task(cls, cfg: HashEESummarizationConfig, **kwargs):
+        allow_bf16_without_tpu(cfg)
+        return super().setup_task(cfg, **kwargs)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
