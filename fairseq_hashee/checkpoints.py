@@ -43,6 +43,18 @@ def load_model_state(path: str) -> Dict[str, torch.Tensor]:
     return state["model"]
 
 
+def describe_shape(state: Mapping[str, torch.Tensor]) -> str:
+    """'6+6 layers, dim 768, 50265 symbols' (or what of it the state dict shows)."""
+    def layers(stack):
+        return len({key.split(".")[2] for key in state if key.startswith(f"{stack}.layers.")})
+
+    parts = [f"{layers('encoder')}+{layers('decoder')} layers"]
+    embeddings = state.get("encoder.embed_tokens.weight")
+    if embeddings is not None and embeddings.dim() == 2:
+        parts += [f"dim {embeddings.size(1)}", f"{embeddings.size(0)} symbols"]
+    return ", ".join(parts)
+
+
 def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
     """One line listing what keeps ``found`` (a checkpoint) from loading into ``expected``."""
 

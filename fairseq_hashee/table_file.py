@@ -61,8 +61,9 @@ class ExitTableFile:
             out.writelines(f"{sym}\t{format_exit(entry)}\n" for sym, entry in zip(self.symbols, self.table))
 
 
-def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int) -> ExitTableFile:
-    """Load a table for ``stack`` of ``num_layers`` layers over the dictionary ``symbols``.
+def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, nspecial: int = 4) -> ExitTableFile:
+    """Load a table for ``stack`` of ``num_layers`` layers over the dictionary ``symbols``
+    (whose first ``nspecial`` are fairseq's special symbols, which always run every layer).
 
     Every problem raises a one-line ``HashEEError`` naming the file (and line).
     """
@@ -125,5 +126,9 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int) -
             table[i] = parse_exit(value, num_layers)
         except ValueError as err:
             raise HashEEError(f"{path}:{number}: {err}") from None
+        if i < nspecial and table[i] != num_layers:
+            raise HashEEError(
+                f"{path}:{number}: special symbol {symbol!r} must run all {num_layers} layers, not exit at {value}"
+            )
     options = dict(item.partition("=")[::2] for item in header["options"].split())
     return ExitTableFile(stack, header["hash_type"], options, num_layers, list(symbols), table)

@@ -63,10 +63,19 @@ def test_a_layer_nobody_reaches_is_skipped():
     dictionary = tiny_dictionary()
     model = build_hashee(dictionary, layers=3)
     table = torch.ones(len(dictionary), dtype=torch.long)
-    model.encoder.set_exit_table(table)  # even special symbols stop at layer 1
+    table[: dictionary.nspecial] = 3  # special symbols always run every layer
+    model.encoder.set_exit_table(table)
     for layer in model.encoder.layers[1:]:
         layer.forward_active = lambda *args: pytest.fail("a layer with no active token ran")
-    src, src_lengths, _ = random_batch(dictionary, torch.Generator().manual_seed(3))
+    src = torch.randint(dictionary.nspecial, len(dictionary), (3, 6), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        states = model.encoder(src, src_lengths, return_all_hiddens=True)["encoder_states"]
+        states = model.encoder(src, torch.full((3,), 6), return_all_hiddens=True)["encoder_states"]
     assert torch.equal(states[1], states[2]) and torch.equal(states[2], states[3])
+
+
+def test_special_symbols_must_run_every_layer():
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=3)
+    with pytest.raises(ValueError, match=r"t: encoder exit table sends special symbol 0 \('<s>'\) to layer 1; "
+                                         "special symbols always run all 3 layers"):
+        model.encoder.set_exit_table(torch.ones(len(dictionary), dtype=torch.long), "t")

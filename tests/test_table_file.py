@@ -16,6 +16,7 @@ LAYERS = 4
 def table_file(tmp_path):
     symbols = list(tiny_dictionary().symbols)
     table = np.random.default_rng(0).integers(1, LAYERS + 1, size=len(symbols))
+    table[:4] = LAYERS  # fairseq's special symbols run every layer
     entry = ExitTableFile("encoder", "frequency", {"buckets": "1,2,3,4", "seed": "1"}, LAYERS, symbols, table)
     path = tmp_path / "enc.table"
     entry.write(str(path))
@@ -60,6 +61,7 @@ def _edit(path, old, new):
         (lambda p, s: p.write_text("hello\n"), ":1: not a fairseq-hashee exit table"),
         (lambda p, s: p.write_bytes(b"\xff\xfe\x00"), "not a UTF-8 exit-table file"),
         (lambda p, s: _edit(p, "hash_type:", "hash type:"), ":3: garbled header line"),
+        (lambda p, s: _edit(p, "</s>\t4", "</s>\t1"), ":11: special symbol '</s>' must run all 4 layers, not exit at 1"),
         (lambda p, s: p.unlink(), "no such exit-table file"),
     ],
 )

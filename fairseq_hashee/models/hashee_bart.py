@@ -16,7 +16,7 @@ from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
 from fairseq.models.transformer import TransformerConfig
 
-from ..checkpoints import describe_mismatch
+from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
 from ..modules.exit_table import EXIT_IMPLS
 from .hashee_transformer import HashEEDecoder, HashEEEncoder
@@ -105,11 +105,10 @@ class HashEEBARTModel(BARTModel):
         try:
             result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         except RuntimeError:
+            ours = self.state_dict()
             raise HashEEError(
-                f"checkpoint does not fit {type(self).__name__} "
-                f"({self.encoder.num_layers}+{self.decoder.num_layers} layers, "
-                f"dim {self.encoder.shape.embed_dim}, {len(self.encoder.dictionary)} symbols): "
-                + describe_mismatch(self.state_dict(), state_dict)
+                f"checkpoint ({describe_shape(state_dict)}) does not fit {type(self).__name__} "
+                f"({describe_shape(ours)}): " + describe_mismatch(ours, state_dict)
             ) from None
         for stack in (self.encoder, self.decoder):
             stack.check_exit_table(stack.exit_table, "checkpoint")

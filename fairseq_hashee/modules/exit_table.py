@@ -60,6 +60,14 @@ class ExitTableMixin:
             )
         if table.dtype.is_floating_point or table.dtype == torch.bool:
             raise HashEEError(f"{source}: {self.stack_name} exit table must hold integers, got {table.dtype}")
+        nspecial = self.dictionary.nspecial
+        wrong = (table[:nspecial] != self.num_layers).nonzero()
+        if wrong.numel():
+            bad = int(wrong[0])
+            raise HashEEError(
+                f"{source}: {self.stack_name} exit table sends special symbol {bad} ({self.dictionary[bad]!r}) "
+                f"to layer {int(table[bad])}; special symbols always run all {self.num_layers} layers"
+            )
         # Layers 1..L, or a draw set: a nonempty mask of those layers, negated.
         invalid = (table == 0) | (table > self.num_layers) | (table <= -(1 << self.num_layers))
         if bool(invalid.any()):

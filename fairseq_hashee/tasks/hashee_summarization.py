@@ -15,6 +15,7 @@ metrics and at the end of fairseq-generate / fairseq-interactive.
 import atexit
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,6 +27,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import hash_functions
+from ..dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
@@ -108,7 +110,38 @@ class HashEESummarizationTask(TranslationTask):
     @classmethod
     def setup_task(cls, cfg: HashEESummarizationConfig, **kwargs):
         allow_bf16_without_tpu(cfg)
+        if cfg.hash_seed < 0:
+            raise HashEEError(f"--hash-seed: must be a non-negative integer, got {cfg.hash_seed}")
         return super().setup_task(cfg, **kwargs)
+
+    @classmethod
+    def load_dictionary(cls, filename):
+        return load_dictionary(filename)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        data = utils.split_paths(self.cfg.data)[(epoch - 1) % len(utils.split_paths(self.cfg.data))]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        empty = HashEEError(f"{data}: split {split!r} ({src}-{tgt}) has no examples")
+        # fairseq cannot even open an empty binarized split (it mmaps the file).
+        for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
+            binary = os.path.join(data, f"{split}.{pair}.{src}.bin")
+            if os.path.exists(binary) and os.path.getsize(binary) == 0:
+                raise empty
+        super().load_dataset(split, epoch, combine, **kwargs)
+        if len(self.datasets[split]) == 0:
+            raise empty
+
+    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        indices, ignored = dataset.filter_indices_by_size(indices, max_positions)
+        if len(ignored) > 0 and not ignore_invalid_inputs:
+            raise HashEEError(
+                f"{len(ignored)} example(s) longer than the model's max positions {max_positions} "
+                f"(first: #{ignored[0]}, size {dataset.size(ignored[0])}); pass --truncate-source to "
+                "cut long sources, or --skip-invalid-size-inputs-valid-test to skip them"
+            )
+        if len(ignored) > 0:
+            logger.warning(f"skipping {len(ignored)} example(s) longer than max positions {max_positions}")
+        return indices
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
@@ -138,7 +171,7 @@ class HashEESummarizationTask(TranslationTask):
             name = stack.stack_name
             path = getattr(cfg, f"{name}_hash_table")
             if path:
-                loaded = read_table(path, stack.dictionary.symbols, name, stack.num_layers)
+                loaded = read_table(path, stack.dictionary.symbols, name, stack.num_layers, stack.dictionary.nspecial)
                 logger.info(f"{name} exit table from {path} ({loaded.hash_type} {loaded.options})")
                 stack.set_exit_table(torch.from_numpy(loaded.table), path)
             elif name == "encoder" or cfg.decoder_exits:

@@ -1,0 +1,117 @@
+"""The bad-input matrix, through the command-line tools a user runs: one line on
+stderr, starting with ``error:``, naming the file, line or option at fault, and
+no checkpoint written. (Options refused by argparse itself, such as an unknown
+hash type, are in test_cli.py.)"""
+
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from test_cli import LAYERS, _one_error_line, generate, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bin_copy(data_bin, tmp_path):
+    copy = tmp_path / "bin"
+    shutil.copytree(data_bin, copy)
+    return copy
+
+
+def _rewrite_line(path, number, new):
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = new
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: _rewrite_line(d / "dict.src.txt", 3, b"word-without-count"),
+         "dict.src.txt:3: expected '<symbol> <count> [#fairseq:overwrite]', got 'word-without-count'"),
+        (lambda d: _rewrite_line(d / "dict.src.txt", 5, (d / "dict.src.txt").read_bytes().split(b"\n")[1]),
+         "dict.src.txt:5: symbol"),
+        (lambda d: _rewrite_line(d / "dict.tgt.txt", 2, b"caf\xe9 12"), "dict.tgt.txt:2: not UTF-8"),
+        (lambda d: (d / "dict.src.txt").write_text(""), "dict.src.txt: the dictionary has no symbols"),
+    ],
+    ids=["malformed-line", "duplicate-symbol", "not-utf8", "empty"],
+)
+def test_malformed_dictionaries(bin_copy, tmp_path, mutate, message):
+    mutate(bin_copy)
+    line = _one_error_line(train(bin_copy, tmp_path / "ckpt", "--max-update", 1, check=False))
+    assert message in line
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").glob("*.pt"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--hash-seed", -1], "--hash-seed: must be a non-negative integer, got -1"),
+        (["--encoder-exit-step", 0], "--encoder-exit-min/max/step: step must be >= 1, got 0"),
+        (["--decoder-exits", "--decoder-exit-max", 3], "--decoder-exit-min/max/step: exit layer(s) [3] outside"),
+        (["--encoder-exit-min", 2, "--encoder-exit-max", 1], "min layer 2 is above max layer 1"),
+        (["--encoder-hash-table", "/nonexistent/enc.table"], "/nonexistent/enc.table: no such exit-table file"),
+    ],
+)
+def test_bad_task_options(data_bin, tmp_path, options, message):
+    line = _one_error_line(train(data_bin, tmp_path, "--max-update", 1, *options, check=False))
+    assert message in line
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def _table(data_bin, tmp_path, stack):
+    out = tmp_path / f"{stack}.table"
+    run_cli("fairseq_hashee.cli.table", data_bin, "--stack", stack, "--num-layers", LAYERS, "-o", out)
+    return out
+
+
+def test_decoder_table_given_to_the_encoder(data_bin, tmp_path):
+    table = _table(data_bin, tmp_path, "decoder")
+    line = _one_error_line(train(data_bin, tmp_path, "--encoder-hash-table", table, check=False))
+    assert f"{table}: a decoder table cannot drive the encoder" in line
+
+
+def test_table_sending_every_token_to_layer_1(data_bin, tmp_path):
+    table = _table(data_bin, tmp_path, "encoder")
+    text = table.read_text().split("\n\n", 1)
+    body = "\n".join(line.rsplit("\t", 1)[0] + "\t1" for line in text[1].splitlines())
+    table.write_text(text[0] + "\n\n" + body + "\n")
+    line = _one_error_line(train(data_bin, tmp_path, "--encoder-hash-table", table, check=False))
+    assert f"{table}:9: special symbol '<s>' must run all {LAYERS} layers, not exit at 1" in line
+
+
+def test_generation_on_inputs_longer_than_max_positions(data_bin, tmp_path):
+    train(data_bin, tmp_path, "--max-update", 1)
+    proc = run_cli("fairseq_cli.generate", data_bin, "--path", tmp_path / "checkpoint_last.pt", "--user-dir",
+                   __import__("conftest").USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt",
+                   "--gen-subset", "test", "--max-source-positions", 8, "--cpu", check=False)
+    line = _one_error_line(proc)
+    assert "longer than the model's max positions" in line and "--truncate-source" in line
+    # ... and with --truncate-source the same run decodes every example
+    ok = generate(data_bin, tmp_path / "checkpoint_last.pt", "--max-source-positions", 8, "--truncate-source")
+    assert len([x for x in ok.stdout.splitlines() if x.startswith("H-")]) == 10
+
+
+def test_empty_test_split(data_bin, text_corpus, tmp_path):
+    (tmp_path / "empty.src").write_text("")
+    (tmp_path / "empty.tgt").write_text("")
+    empty_bin = tmp_path / "bin"
+    run_cli("fairseq_cli.preprocess", "-s", "src", "-t", "tgt", "--testpref", tmp_path / "empty",
+            "--srcdict", data_bin / "dict.src.txt", "--tgtdict", data_bin / "dict.tgt.txt",
+            "--destdir", empty_bin, "--workers", 1)
+    train(data_bin, tmp_path / "ckpt", "--max-update", 1)
+    line = _one_error_line(generate(empty_bin, tmp_path / "ckpt" / "checkpoint_last.pt", check=False))
+    assert f"{empty_bin}: split 'test' (src-tgt) has no examples" in line
+
+
+def test_checkpoint_of_another_vocabulary_names_both_sizes(data_bin, text_corpus, tmp_path):
+    train(data_bin, tmp_path / "ckpt", "--max-update", 1)
+    other = tmp_path / "other"
+    run_cli("fairseq_cli.preprocess", "-s", "src", "-t", "tgt", "--trainpref", text_corpus / "train",
+            "--testpref", text_corpus / "test", "--joined-dictionary", "--nwordssrc", "100",
+            "--destdir", other, "--workers", 1)
+    line = _one_error_line(generate(other, tmp_path / "ckpt" / "checkpoint_last.pt", check=False))
+    assert "symbols) does not fit HashEEBARTModel" in line
+    assert "104 symbols" in line
