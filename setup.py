@@ -19,9 +19,10 @@ setup(
         "rouge-score",
         "jieba",
     ],
-    # transformers is a test-only oracle (checkpoint conversion, WordPiece).
+    # transformers is a test-only oracle (checkpoint conversion, WordPiece);
+    # hypothesis drives the fuzz tests.
     # matplotlib only draws the benchmark's --plot.
-    extras_require={"test": ["pytest", "transformers"], "bench": ["matplotlib"]},
+    extras_require={"test": ["pytest", "transformers", "hypothesis"], "bench": ["matplotlib"]},
     entry_points={
         "console_scripts": [
             "hashee-rouge=fairseq_hashee.cli.rouge:main",

@@ -57,6 +57,8 @@ def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise HashEEError(f"{path}: garbled safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise HashEEError(f"{path}: garbled safetensors header (not a JSON object)")
     body = memoryview(data)[8 + header_len :]
     tensors = {}
     for name, entry in header.items():
@@ -68,6 +70,8 @@ def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
             shape = [int(n) for n in entry["shape"]]
         except (KeyError, TypeError, ValueError):
             raise HashEEError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if any(n < 0 for n in shape):
+            raise HashEEError(f"{path}: tensor {name!r} has a negative dimension in shape {shape}")
         if not 0 <= start <= end <= len(body):
             raise HashEEError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
         count = 1

@@ -152,6 +152,13 @@ def convert_state(
         shown = ", ".join(sorted(unexpected)[:5]) + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
         raise HashEEError(f"{source}: not a {family.upper()} checkpoint this converter knows: unexpected keys {shown}")
 
+    # Tensors the code below reads; any other missing one the strict load names.
+    for needed, hf_name in (
+        ("encoder.embed_positions.weight", "the encoder's position embeddings"),
+        ("decoder.embed_positions.weight", "the decoder's position embeddings"),
+    ):
+        if needed not in state or state[needed].dim() != 2:
+            raise HashEEError(f"{source}: {hf_name} are missing or not a matrix (fairseq name {needed})")
     embeddings = _tied_embeddings(tied, source)
     bias = weights.get("final_logits_bias")
     if bias is not None and bool(bias.ne(0).any()):
@@ -198,6 +205,8 @@ def _tied_embeddings(tied: Dict[str, Tensor], source: str) -> Tensor:
         raise HashEEError(f"{source}: no word embeddings in the checkpoint")
     names = sorted(tied, key=lambda name: (name == "lm_head.weight", name))  # the output layer last
     first = tied[names[0]]
+    if first.dim() != 2:
+        raise HashEEError(f"{source}: {names[0]} is not a matrix of word embeddings")
     for name in names[1:]:
         if tied[name].shape != first.shape or not torch.equal(tied[name], first):
             raise HashEEError(
