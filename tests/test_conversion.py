@@ -235,5 +235,5 @@ def test_gpt2_encoder_names_bart_symbols_by_gpt2_id(tmp_path):
     convert(str(hf_dir), str(tmp_path / "out"), gpt2_encoder=str(encoder))
     lines = (tmp_path / "out" / "dict.txt").read_text().splitlines()
     assert lines[0] == "1000 0" and lines[-1] == "<mask> 0" and len(lines) == len(vocab) - 4
-    with pytest.raises(HashEEError, match="no such GPT-2 encoder.json"):
+    with pytest.raises(HashEEError, match=r"missing.json: no such file \(expected a JSON GPT-2 encoder.json\)"):
         convert(str(hf_dir), str(tmp_path / "out2"), gpt2_encoder=str(tmp_path / "missing.json"))

@@ -70,7 +70,10 @@ def build_checked_model(converted: Converted, arch: str, dictionary: Dictionary)
     """Build the fairseq model and load the converted weights strictly: proof they fit."""
     args = argparse.Namespace(arch=arch, task="hashee_summarization", **converted.args)
     ARCH_CONFIG_REGISTRY[arch](args)
-    model = ARCH_MODEL_REGISTRY[arch].build_model(args, _Dictionaries(dictionary))
+    try:
+        model = ARCH_MODEL_REGISTRY[arch].build_model(args, _Dictionaries(dictionary))
+    except (AssertionError, RuntimeError, ValueError) as err:
+        raise HashEEError(f"the checkpoint's shapes make no {arch} model ({err})") from None
     model.load_state_dict(dict(converted.state), strict=True)
     return model
 

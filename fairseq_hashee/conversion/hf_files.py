@@ -31,18 +31,22 @@ _SAFETENSORS_DTYPES = {
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def load_config(directory: str) -> dict:
-    path = os.path.join(directory, "config.json")
+def read_json_object(path: str, what: str) -> dict:
+    """A JSON object from ``path``; ``what`` names the file in errors ("config", ...)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+            value = json.load(handle)
     except FileNotFoundError:
-        raise HashEEError(f"{path}: no such file (a Hugging Face checkpoint directory has a config.json)") from None
+        raise HashEEError(f"{path}: no such file (expected a JSON {what})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HashEEError(f"{path}: not a JSON config ({err})") from None
-    if not isinstance(config, dict):
-        raise HashEEError(f"{path}: not a JSON object")
-    return config
+        raise HashEEError(f"{path}: not a JSON {what} ({err})") from None
+    if not isinstance(value, dict):
+        raise HashEEError(f"{path}: not a JSON object (expected a JSON {what})")
+    return value
+
+
+def load_config(directory: str) -> dict:
+    return read_json_object(os.path.join(directory, "config.json"), "config")
 
 
 def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
@@ -114,11 +118,9 @@ def load_vocab(directory: str) -> List[str]:
             raise HashEEError(f"{txt}: not UTF-8 (byte {err.start})") from None
         return symbols
     if os.path.exists(js):
-        try:
-            with open(js, encoding="utf-8") as handle:
-                mapping = json.load(handle)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise HashEEError(f"{js}: not a JSON vocabulary ({err})") from None
+        mapping = read_json_object(js, "vocabulary")
+        if not all(isinstance(index, int) for index in mapping.values()):
+            raise HashEEError(f"{js}: ids must be integers")
         ids = sorted(mapping.values())
         if ids != list(range(len(ids))):
             raise HashEEError(f"{js}: ids are not 0..{len(ids) - 1} without gaps")

@@ -159,6 +159,8 @@ def convert_state(
     ):
         if needed not in state or state[needed].dim() != 2:
             raise HashEEError(f"{source}: {hf_name} are missing or not a matrix (fairseq name {needed})")
+    if state["decoder.embed_positions.weight"].size(0) < 3:
+        raise HashEEError(f"{source}: the decoder's position embeddings have fewer than 3 rows (2 are offset)")
     embeddings = _tied_embeddings(tied, source)
     bias = weights.get("final_logits_bias")
     if bias is not None and bool(bias.ne(0).any()):

@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import List, Sequence
 
-import json
-
 import torch
 
 from ..errors import HashEEError
 from ..io_utils import atomic_write
+from .hf_files import read_json_object
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 # fairseq slot -> BERT symbol playing that role in CPT.
@@ -69,13 +68,7 @@ def gpt2_symbols(mapping: VocabMapping, encoder_json: str) -> VocabMapping:
     """English BART with fairseq's GPT-2 BPE: fairseq's BART dictionary names each
     symbol by its GPT-2 id (what ``fairseq.data.encoders.gpt2_bpe`` writes), where
     vocab.json names it by its byte-level string; ``encoder.json`` maps one to the other."""
-    try:
-        with open(encoder_json, encoding="utf-8") as handle:
-            encoder = json.load(handle)
-    except FileNotFoundError:
-        raise HashEEError(f"{encoder_json}: no such GPT-2 encoder.json") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HashEEError(f"{encoder_json}: not a JSON GPT-2 encoder ({err})") from None
+    encoder = read_json_object(encoder_json, "GPT-2 encoder.json")
     if mapping.kind != "bart":
         raise HashEEError(f"{encoder_json}: GPT-2 ids only apply to a BART vocab.json, not a BERT vocab.txt")
     symbols = [str(encoder[s]) if s in encoder and s not in FAIRSEQ_SPECIALS else s for s in mapping.symbols]
