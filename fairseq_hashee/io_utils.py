@@ -1,9 +1,12 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Writing files and folders so that a crash never leaves a half-written one behind."""
 
 import contextlib
 import os
+import shutil
 import tempfile
 from typing import IO, Iterator
+
+from .errors import HashEEError
 
 
 @contextlib.contextmanager
@@ -20,3 +23,29 @@ def atomic_write(path: str, encoding: str = "utf-8", binary: bool = False) -> It
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
+    """Fill a folder that appears complete or not at all.
+
+    Yields a temporary sibling of ``path`` to write into; on success it is
+    renamed to ``path`` (replacing an existing one only with ``force``), on any
+    failure it is removed.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not force:
+        raise HashEEError(f"{path}: exists; pass --force to overwrite it")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = tmp + ".old"
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

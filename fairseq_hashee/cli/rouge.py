@@ -2,40 +2,66 @@
 
 English is scored with rouge-score's tokenizer and Porter stemming, plus
 ROUGE-Lsum over sentence-split lines as CNN/DM results are usually reported.
-rouge-score's tokenizer drops every non-ASCII character, so Chinese would
-silently score 0: it is scored by characters (as CPT reports) or by jieba words.
+rouge-score's tokenizer keeps only ASCII letters and digits, so Chinese would
+silently score 0: it is scored by characters (``--zh-unit char``, as CPT
+reports: BERT's basic split, which makes every Chinese character and
+punctuation mark a token and keeps runs of Latin letters or digits whole) or
+by jieba words (``--zh-unit jieba``), and English scoring refuses references
+that have no token it can see.
+
+Scores are the plain mean of the per-pair F1 over all pairs. (rouge-score's
+BootstrapAggregator reports the median of unseeded bootstrap resamples, which
+changes in the last digits from run to run.)
 """
 
 import argparse
 import json
+import logging
 import re
+import sys
 from typing import Dict, List, Sequence
 
-from rouge_score import rouge_scorer, scoring
+from rouge_score import rouge_scorer
+from rouge_score import tokenize as rouge_tokenize
 
 from ..io_utils import atomic_write
+from ..tokenization.wordpiece import basic_words
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class CharTokenizer:
-    """Chinese by characters: every non-space character is a token."""
+    """Chinese by characters, as CPT scores: BERT's basic split (lowercased)."""
 
     def tokenize(self, text: str) -> List[str]:
-        return [ch for ch in text if not ch.isspace()]
+        return basic_words(text)
 
 
 class JiebaTokenizer:
-    """Chinese by jieba words."""
+    """Chinese by jieba words (lowercased, spaces dropped)."""
 
-    def tokenize(self, text: str) -> List[str]:
+    def __init__(self):
         import jieba
 
-        return [w for w in jieba.lcut(text) if w.strip()]
+        jieba.setLogLevel(logging.WARNING)
+        self._cut = jieba.lcut
+
+    def tokenize(self, text: str) -> List[str]:
+        return [word for word in self._cut(text.lower()) if word.strip()]
 
 
 def _english_sentences(text: str) -> str:
     return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
+
+
+def _check_english(references: Sequence[str]) -> None:
+    """A non-empty reference without ASCII letters or digits would score 0 for any hypothesis."""
+    unseen = [i for i, ref in enumerate(references, 1) if ref.strip() and not rouge_tokenize.tokenize(ref, None)]
+    if unseen:
+        raise ValueError(
+            f"{len(unseen)} reference(s) have no ASCII letters or digits (first: line {unseen[0]}), which "
+            "rouge-score's English tokenizer drops; for Chinese pass --lang zh"
+        )
 
 
 def rouge(
@@ -47,21 +73,25 @@ def rouge(
     if not hypotheses:
         raise ValueError("nothing to score: no hypotheses")
     if lang == "en":
+        _check_english(references)
         types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
         scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
         prepare = _english_sentences
     elif lang == "zh":
+        if zh_unit not in ("char", "jieba"):
+            raise ValueError(f"unknown Chinese unit {zh_unit!r}; expected 'char' or 'jieba'")
         types = ["rouge1", "rouge2", "rougeL"]
         tokenizer = CharTokenizer() if zh_unit == "char" else JiebaTokenizer()
         scorer = rouge_scorer.RougeScorer(types, tokenizer=tokenizer)
         prepare = str.strip
     else:
         raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
-    aggregator = scoring.BootstrapAggregator()
+    totals = dict.fromkeys(types, 0.0)
     for hyp, ref in zip(hypotheses, references):
-        aggregator.add_scores(scorer.score(prepare(ref), prepare(hyp)))
-    result = aggregator.aggregate()
-    return {t: 100.0 * result[t].mid.fmeasure for t in types}
+        scores = scorer.score(prepare(ref), prepare(hyp))
+        for name in types:
+            totals[name] += scores[name].fmeasure
+    return {name: 100.0 * total / len(hypotheses) for name, total in totals.items()}
 
 
 def _read_lines(path: str) -> List[str]:
@@ -85,10 +115,13 @@ def main(argv=None):
 
     hyps, refs = _read_lines(args.hyp), _read_lines(args.ref)
     if len(hyps) != len(refs):
-        parser.error(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
+        sys.exit(f"error: {args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
     if not hyps:
-        parser.error(f"{args.hyp}: empty, nothing to score")
-    scores = rouge(hyps, refs, args.lang, args.zh_unit)
+        sys.exit(f"error: {args.hyp}: empty, nothing to score")
+    try:
+        scores = rouge(hyps, refs, args.lang, args.zh_unit)
+    except ValueError as err:
+        sys.exit(f"error: {args.ref}: {err}")
     print(" ".join(f"{name.upper().replace('ROUGE', 'ROUGE-')}: {value:.2f}" for name, value in scores.items()))
     if args.json:
         with atomic_write(args.json) as out:

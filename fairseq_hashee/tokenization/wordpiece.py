@@ -32,7 +32,9 @@ characters new in Unicode follows the running Python's Unicode database.
 
 Also a command line that writes the pieces of each stdin line (or with
 ``--decode``, the text of each line of pieces), the form fairseq-preprocess
-reads: about 10,000 lines of 160 characters a second on one CPU core.
+reads: about 10,000 lines of 160 characters a second on one CPU core; with
+``--inputs``/``--outputs`` it encodes whole files in ``--workers`` processes
+and cuts lines longer than ``--max-len`` tokens, counting them.
 """
 
 import argparse
@@ -46,6 +48,7 @@ from itertools import chain
 from typing import BinaryIO, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
 from ..errors import HashEEError
+from .parallel import encode_files
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 _REQUIRED = (PAD, UNK, CLS, SEP)
@@ -120,7 +123,9 @@ _CLEAN = _LazyTable(_clean_rule)
 _SPLIT = _LazyTable(_split_rule)
 
 
-def _basic_words(text: str) -> List[str]:
+def basic_words(text: str) -> List[str]:
+    """BERT's basic split (step 1 above): every CJK ideograph and punctuation mark a word,
+    other runs of letters and digits one word each, lowercased and without accents."""
     text = text.translate(_CLEAN).lower()
     if not text.isascii():
         text = unicodedata.normalize("NFD", text)
@@ -228,13 +233,13 @@ class WordPieceTokenizer:
 
     def _words(self, text: str) -> List[str]:
         if "[" not in text:
-            return _basic_words(text)
+            return basic_words(text)
         words: List[str] = []
         for index, part in enumerate(self._specials.split(text)):
             if index % 2:
                 words.append(part)  # a special token, which is its own vocabulary entry
             elif part:
-                words.extend(_basic_words(part))
+                words.extend(basic_words(part))
         return words
 
     def _split_word(self, word: str) -> Tuple[str, ...]:
@@ -337,6 +342,25 @@ class WordPieceTokenizer:
             ) from None
 
 
+class WordPieceSubwords:
+    """WordPiece as a fairseq dictionary converted by hashee-convert spells it.
+
+    ``prepend`` ("<s>", which is [CLS] there) starts every line, framing a CPT
+    sentence as [CLS] ... [SEP] once fairseq appends [SEP] as </s>. Built from
+    the vocabulary's path, so worker processes can each load their own.
+    """
+
+    def __init__(self, vocab: str, prepend: Optional[str] = None):
+        self.tokenizer = WordPieceTokenizer.from_vocab_file(vocab)
+        self._prefix = [prepend] if prepend else []
+
+    def pieces(self, text: str) -> List[str]:
+        return self._prefix + self.tokenizer.tokenize(text)
+
+    def text(self, pieces: Sequence[str]) -> str:
+        return self.tokenizer.decode(pieces)
+
+
 def main(
     argv: Optional[Sequence[str]] = None,
     stdin: Optional[BinaryIO] = None,
@@ -355,23 +379,33 @@ def main(
         help="write SYMBOL before the pieces of every line: with a dictionary from hashee-convert, "
         "'<s>' is [CLS], which frames a CPT sentence as [CLS] ... [SEP] (fairseq appends [SEP] as </s>)",
     )
+    parser.add_argument("--inputs", nargs="+", help="encode these files instead of stdin (in worker processes)")
+    parser.add_argument("--outputs", nargs="+", help="where the pieces of each input go (same order)")
+    parser.add_argument("--workers", type=int, default=1, help="with --inputs: encoding processes")
+    parser.add_argument("--max-len", type=int, help="with --inputs: cut longer lines to this many tokens "
+                        "(--prepend included), counted; for CPT 511, fairseq-preprocess appends the 512th")
     args = parser.parse_args(argv)
+    if args.inputs or args.outputs:
+        if args.decode:
+            parser.error("--decode reads stdin; --inputs/--outputs encode files")
+        return _encode_files(args, stderr if stderr is not None else sys.stderr)
+    if args.max_len is not None:
+        parser.error("--max-len goes with --inputs/--outputs")
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
     try:
-        tokenizer = WordPieceTokenizer.from_vocab_file(args.vocab)
+        subwords = WordPieceSubwords(args.vocab, args.prepend)
     except HashEEError as exc:
         stderr.write(f"error: {exc}\n")
         return 1
 
     if args.decode:
-        convert = tokenizer.decode
+        convert = subwords.tokenizer.decode
     else:
-        prefix = [args.prepend] if args.prepend else []
 
         def convert(line: str) -> str:
-            return " ".join(prefix + tokenizer.tokenize(line))
+            return " ".join(subwords.pieces(line))
 
     bad: List[int] = []
     for number, raw in enumerate(stdin, 1):
@@ -390,6 +424,17 @@ def main(
             f"skipped {len(bad)} line(s) that are not valid UTF-8 (first: line {bad[0]}); "
             "each was written as an empty line\n"
         )
+    return 0
+
+
+def _encode_files(args, stderr: TextIO) -> int:
+    factory = functools.partial(WordPieceSubwords, args.vocab, args.prepend)
+    try:
+        for report in encode_files(factory, args.inputs or [], args.outputs or [], args.workers, args.max_len):
+            stderr.write(f"{report}\n")
+    except HashEEError as exc:
+        stderr.write(f"error: {exc}\n")
+        return 1
     return 0
 
 

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+#   PRETRAINED=DIR bash examples/ttnews/train.sh WORK_DIR
+# The train stage of the ttnews pipeline: ../common/train.sh with this folder's settings.sh.
+exec bash "$(dirname "$0")/../common/train.sh" "$(dirname "$0")/settings.sh" "$@"

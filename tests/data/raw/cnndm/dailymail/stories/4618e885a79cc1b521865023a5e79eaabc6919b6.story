@@ -1,0 +1,18 @@
+Heavy rain flooded streets in Oakridge on Friday.
+
+Emergency crews rescued 9 people from their cars.
+
+Fire chief Anna Price asked drivers to stay at home.
+
+Forecasters expect more storms later this week.
+
+Schools in the area will stay closed until the water goes down.
+
+@highlight
+
+Heavy rain floods streets in Oakridge
+
+@highlight
+
+Crews rescue 9 people from their cars
+
