@@ -188,3 +188,41 @@ def test_safetensors_reader(valid_safetensors, tmp_path, ops):
         assert "\n" not in str(err) and str(path) in str(err)
         return
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+
+RAW = __import__("pathlib").Path(__file__).parent / "data" / "raw"
+# One file per release whose bytes get fuzzed (the others stay valid).
+RAW_TARGETS = [
+    ("cnndm", "cnn/stories/7c107cc484896864a3c0b0b271c79e5b4fc8a4ef.story"),
+    ("cnndm", "url_lists/all_train.txt"),
+    ("reddit", "tifu_all_tokenized_and_filtered.json"),
+    ("csl", "SUMMARY.csl/train.json"),
+    ("ttnews", None),  # its first file, whatever the release names it
+]
+
+
+@pytest.mark.parametrize("dataset, relative", RAW_TARGETS)
+def test_raw_release_readers(tmp_path_factory, dataset, relative):
+    """hashee-prepare on a release with one file mutated: it prepares, or stops with one clear line."""
+    import shutil
+
+    from fairseq_hashee.cli.prepare import prepare
+
+    source = RAW / dataset
+    target = relative or sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())[0]
+    original = (source / target).read_bytes()
+
+    @FUZZ
+    @given(ops=edits)
+    def run(ops):
+        work = tmp_path_factory.mktemp(dataset)
+        shutil.copytree(source, work / "raw")
+        (work / "raw" / target).write_bytes(mutate(original, ops))
+        try:
+            prepare(dataset, str(work / "raw"), str(work / "out"))
+        except HashEEError as err:
+            assert "\n" not in str(err)
+            assert not (work / "out").exists()  # nothing half-written
+        shutil.rmtree(work)
+
+    run()
