@@ -79,3 +79,18 @@ def test_special_symbols_must_run_every_layer():
     with pytest.raises(ValueError, match=r"t: encoder exit table sends special symbol 0 \('<s>'\) to layer 1; "
                                          "special symbols always run all 3 layers"):
         model.encoder.set_exit_table(torch.ones(len(dictionary), dtype=torch.long), "t")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inference_skip_equals_masked(seed):
+    """Without autograd the encoder writes updates into its states in place: same result."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, seed=seed, layers=4)
+    gen = torch.Generator().manual_seed(200 + seed)
+    random_tables(model, gen)
+    src, src_lengths, prev = random_batch(dictionary, gen, bsz=5, src_len=11, tgt_len=8)
+    with torch.no_grad():
+        masked = _forward(model, "masked", (src, src_lengths, prev))
+        skip = _forward(model, "skip", (src, src_lengths, prev))
+    assert (masked[0] - skip[0])[src.ne(1).t()].abs().max() < 1e-5
+    assert (masked[1] - skip[1])[prev.ne(1)].abs().max() < 1e-5

@@ -51,6 +51,8 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
         exits = self.token_exits(src_tokens)
 
         encoder_states: List[Tensor] = [x] if return_all_hiddens else []
+        # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
+        in_place = not return_all_hiddens and not torch.is_grad_enabled()
         for i, layer in enumerate(self.layers, start=1):
             if self.exit_impl == "masked":
                 updated = layer(x, encoder_padding_mask=layer_padding_mask)
@@ -60,7 +62,7 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
                 if plan is Plan.EVERY:
                     x = layer(x, encoder_padding_mask=layer_padding_mask)
                 elif plan is not Plan.SKIP:
-                    x = layer.forward_active(x, layer_padding_mask, plan)
+                    x = layer.forward_active(x, layer_padding_mask, plan, in_place)
             if return_all_hiddens:
                 encoder_states.append(x)
 

@@ -59,9 +59,13 @@ def _cat_padding(
 
 class HashEEEncoderLayer(_ActiveSublayers, TransformerEncoderLayerBase):
     def forward_active(
-        self, x: Tensor, padding_mask: Optional[Tensor], sel: ActiveTokens
+        self, x: Tensor, padding_mask: Optional[Tensor], sel: ActiveTokens, in_place: bool = False
     ) -> Tensor:
-        """Update the ``sel`` positions of time-major ``x`` (T, B, C)."""
+        """Update the ``sel`` positions of time-major ``x`` (T, B, C).
+
+        ``in_place`` writes the updates into ``x`` itself instead of a copy:
+        for inference, when nothing else holds on to ``x``.
+        """
         dim = x.size(-1)
         rows = None if sel.all_rows else sel.row_ids
         # Keys and values come from every position of the rows that have a query.
@@ -75,6 +79,9 @@ class HashEEEncoderLayer(_ActiveSublayers, TransformerEncoderLayerBase):
         )
         h = self._close_residual(attn, residual, self.self_attn_layer_norm)
         h = self._feed_forward(h)
+        if in_place:
+            x.view(-1, dim).index_copy_(0, sel.flat, h)
+            return x
         return x.reshape(-1, dim).index_copy(0, sel.flat, h).view_as(x)
 
 
