@@ -53,9 +53,11 @@ def test_malformed_dictionaries(bin_copy, tmp_path, mutate, message):
         (["--decoder-exits", "--decoder-exit-max", 3], "--decoder-exit-min/max/step: exit layer(s) [3] outside"),
         (["--encoder-exit-min", 2, "--encoder-exit-max", 1], "min layer 2 is above max layer 1"),
         (["--encoder-hash-table", "/nonexistent/enc.table"], "/nonexistent/enc.table: no such exit-table file"),
+        (["--encoder-layerdrop", 0.1], "--encoder-layerdrop: layer drop is not supported by HashEE models"),
+        (["--checkpoint-activations"], "--checkpoint-activations: activation checkpointing is not supported"),
     ],
 )
-def test_bad_task_options(data_bin, tmp_path, options, message):
+def test_bad_task_and_model_options(data_bin, tmp_path, options, message):
     line = _one_error_line(train(data_bin, tmp_path, "--max-update", 1, *options, check=False))
     assert message in line
     assert not list(tmp_path.glob("*.pt"))
@@ -115,3 +117,8 @@ def test_checkpoint_of_another_vocabulary_names_both_sizes(data_bin, text_corpus
     line = _one_error_line(generate(other, tmp_path / "ckpt" / "checkpoint_last.pt", check=False))
     assert "symbols) does not fit HashEEBARTModel" in line
     assert "104 symbols" in line
+
+
+def test_unknown_exit_implementation_is_refused(data_bin, tmp_path):
+    proc = train(data_bin, tmp_path, "--exit-impl", "fast", check=False)
+    assert proc.returncode != 0 and "argument --exit-impl: invalid choice: 'fast'" in proc.stderr
