@@ -32,7 +32,7 @@ def test_main_job_prints_rouge_and_speedup(tmp_path):
 
 def test_hash_type_ablation_prints_one_row_per_type(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MAX_UPDATE": "30"}
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MAX_UPDATE": "20", "BEAM": "1"}
     proc = subprocess.run(
         ["bash", str(REPO / "examples" / "ablation" / "hash_types.sh"), str(tmp_path / "work")],
         capture_output=True, text=True, env=env, timeout=900,
