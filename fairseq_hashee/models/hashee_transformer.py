@@ -17,7 +17,7 @@ import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 from torch import Tensor
 
-from ..modules.active_tokens import Plan, plan_layer
+from ..modules.active_tokens import LayerPlanner, Plan
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
 from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer
@@ -53,12 +53,13 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
         encoder_states: List[Tensor] = [x] if return_all_hiddens else []
         # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
         in_place = not return_all_hiddens and not torch.is_grad_enabled()
+        plan_layer = LayerPlanner(exits)
         for i, layer in enumerate(self.layers, start=1):
             if self.exit_impl == "masked":
                 updated = layer(x, encoder_padding_mask=layer_padding_mask)
                 x = torch.where((exits >= i).unsqueeze(-1), updated, x)
             else:
-                plan = Plan.EVERY if self.no_early_exits else plan_layer(exits, i)
+                plan = Plan.EVERY if self.no_early_exits else plan_layer(i)
                 if plan is Plan.EVERY:
                     x = layer(x, encoder_padding_mask=layer_padding_mask)
                 elif plan is not Plan.SKIP:
@@ -133,9 +134,13 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
 
         inner_states: List[Optional[Tensor]] = [x]
         future_mask = self.buffered_future_mask(x) if incremental_state is None else None
+        # Without early exits (or for the masked reference) every layer is fairseq's own,
+        # incremental steps included: nothing is ever deferred.
+        stock = self.no_early_exits or self.exit_impl == "masked"
+        plan_layer = LayerPlanner(exits)
         for i, layer in enumerate(self.layers, start=1):
-            plan = Plan.EVERY if self.no_early_exits or self.exit_impl == "masked" else plan_layer(exits, i)
-            if incremental_state is not None and self.exit_impl == "skip":
+            plan = Plan.EVERY if stock else plan_layer(i)
+            if incremental_state is not None and not stock:
                 x = layer.forward_step(x, plan, enc, enc_padding_mask, incremental_state, self_attn_padding_mask)
             elif plan is Plan.EVERY:
                 updated, _, _ = layer(

@@ -45,15 +45,29 @@ class Plan(enum.Enum):
 LayerPlan = Union[Plan, ActiveTokens]
 
 
-def plan_layer(exits: Tensor, layer: int) -> LayerPlan:
-    """What ``layer`` (1-based) does with the positions of time-major ``exits`` (T, B)."""
+class LayerPlanner:
+    """Plans every layer of one forward over time-major ``exits`` (T, B).
+
+    The count of live (non-pad) positions is the same for every layer, so it
+    is taken once per forward rather than once per layer.
+    """
+
+    def __init__(self, exits: Tensor):
+        self.exits = exits
+        self.live = (exits > 0).sum()
+
+    def __call__(self, layer: int) -> LayerPlan:
+        """What ``layer`` (1-based) does with the positions."""
+        return _plan(self.exits, layer, self.live)
+
+
+def _plan(exits: Tensor, layer: int, live: Tensor) -> LayerPlan:
     active = exits.t() >= layer  # (B, T)
     if active.numel() == 0:
         return Plan.SKIP
     per_row = active.sum(dim=1)
-    frozen = (exits > 0).sum() - per_row.sum()
     # One read of two numbers: the only host synchronisation of the plan.
-    n_slots, n_frozen = torch.stack([per_row.max(), frozen]).tolist()
+    n_slots, n_frozen = torch.stack([per_row.max(), live - per_row.sum()]).tolist()
     if n_slots == 0:
         return Plan.SKIP
     if n_frozen == 0:
