@@ -5,6 +5,8 @@ runs; on single unpadded sentences (no packing slack) and incremental decoding
 (no causal-mask slack) that count must equal our closed form exactly.
 """
 
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -17,8 +19,15 @@ def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
     return sdpa_flop_count(query, key, value)
 
 
-# torch counts the fused CPU attention kernel only when told how.
+def _onednn_linear(x_shape, weight_shape, *args, out_shape=None, **kwargs):
+    return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+
+# torch counts the fused CPU attention kernel, and the oneDNN products of
+# gathered tokens (modules/gathered_linear.py), only when told how.
 _MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
+if torch.backends.mkldnn.is_available():
+    _MAPPING[torch.ops.mkldnn._linear_pointwise] = _onednn_linear
 
 
 def _measured(fn):

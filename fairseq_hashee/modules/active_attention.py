@@ -15,6 +15,7 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
 from .active_tokens import ActiveTokens
+from .gathered_linear import gathered_linear
 
 
 def _fused_kv_parameters(attn: MultiheadAttention) -> Tuple[Tensor, Optional[Tensor]]:
@@ -87,7 +88,7 @@ def attend_active(
     sees the keys at positions up to and including its own.
     """
     num_heads, head_dim = attn.num_heads, attn.head_dim
-    q = attn.q_proj(query).view(-1, num_heads, head_dim)
+    q = gathered_linear(attn.q_proj, query).view(-1, num_heads, head_dim)
     q = _pack(q, sel, 0.0).transpose(1, 2)  # (Ba, heads, n_slots, head_dim)
 
     src_len = keys.size(2)
@@ -106,4 +107,4 @@ def attend_active(
     dropout_p = drop.p if (attn.training or drop.apply_during_inference) else 0.0
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p)
     out = _unpack(out.transpose(1, 2), sel).reshape(-1, num_heads * head_dim)
-    return attn.out_proj(out)
+    return gathered_linear(attn.out_proj, out)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .active_attention import attend_active, project_kv
 from .active_tokens import ActiveTokens, LayerPlan, Plan
+from .gathered_linear import gathered_linear
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -33,8 +34,8 @@ class _ActiveSublayers:
         residual = h
         if self.normalize_before:
             h = self.final_layer_norm(h)
-        h = self.activation_dropout_module(self.activation_fn(self.fc1(h)))
-        return self._close_residual(self.fc2(h), residual, self.final_layer_norm)
+        h = self.activation_dropout_module(self.activation_fn(gathered_linear(self.fc1, h)))
+        return self._close_residual(gathered_linear(self.fc2, h), residual, self.final_layer_norm)
 
     def _attention_input(self, x: Tensor, layer_norm) -> Tensor:
         return layer_norm(x) if self.normalize_before else x
