@@ -48,3 +48,7 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
         ours = hashee.encoder(src, torch.tensor([12, 12]))["encoder_out"][0]
         theirs = stock.encoder(src, torch.tensor([12, 12]))["encoder_out"][0]
     assert torch.allclose(ours, theirs, atol=1e-5)
+    # ... and the same weights in memory, not copies that may lie better or worse
+    ours = dict(hashee.named_parameters(remove_duplicate=False))
+    theirs = dict(stock.named_parameters(remove_duplicate=False))
+    assert theirs and all(param is ours[name] for name, param in theirs.items())

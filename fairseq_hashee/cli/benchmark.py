@@ -21,13 +21,15 @@ bucket settings and --plot draws wall-clock against FLOPs speed-up.
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -94,9 +96,26 @@ def build_models(args, dictionary, max_source: int):
         stock_args = argparse.Namespace(**{**vars(model_args), "arch": "bart_base"})
         bart_base_architecture(stock_args)
         stock = BARTModel.build_model(stock_args, _Dictionaries(dictionary))
-        weights = {k: v for k, v in hashee.state_dict().items() if not k.endswith("exit_table")}
-        stock.load_state_dict(weights, strict=True)
+        share_parameters(hashee, stock)
     return hashee, stock
+
+
+def share_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Make ``target``'s parameters the very tensors of ``source``'s, by name.
+
+    Same weights then means same memory: neither model can be favoured by
+    where its weights happen to lie (page placement moves wall-clock by a
+    few percent between copies on the CPU), and the weights are held once.
+    """
+    params = dict(source.named_parameters(remove_duplicate=False))
+    for module_name, module in target.named_modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            full = f"{module_name}.{name}" if module_name else name
+            if full not in params:
+                raise HashEEError(f"benchmark: stock BART parameter {full} has no HashEE counterpart")
+            module._parameters[name] = params[full]
 
 
 def zipf_probabilities(dictionary: Dictionary, exponent: float = 1.0) -> np.ndarray:
@@ -174,24 +193,44 @@ def peak_memory(fn: Callable[[], None], device) -> Optional[float]:
         return None
 
 
-def release_freed_memory() -> None:
-    """Make the CPU resident set follow live memory, so its peak is the peak of live tensors.
+@contextlib.contextmanager
+def resident_set_follows_live_memory(device):
+    """Within the block, make the CPU resident set follow live tensors.
 
-    glibc serves large blocks with mmap but raises that threshold after the
-    first frees, after which freed activations stay resident and the peak of
-    one configuration hides inside the leftovers of another. Fixing the
-    threshold (64 KiB) turns that off; only the benchmark process is affected.
+    glibc serves large blocks with mmap only until the first ones are freed,
+    then raises that threshold (up to 32 MiB on 64-bit) and keeps freed
+    activations resident, so the peak of one configuration would hide inside
+    the leftovers of another. A fixed 64 KiB threshold from the start turns
+    that off. Timing must not run that way (every large tensor would be a
+    fresh mapping, page faults included, a cost a running process does not
+    pay), so on exit the allocator gets the settings glibc itself reaches
+    once warm, for good: switching back and forth leaves the heap in a state
+    whose peaks are no longer comparable.
     """
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is None:
+        yield  # CUDA measures its own allocator; elsewhere the peak is approximate
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 10)
+    libc.mallopt(m_trim_threshold, 64 << 10)
+    try:
+        yield
+    finally:
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 64 << 20)
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 16)
-        libc.mallopt(m_trim_threshold, 1 << 16)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: the peak is only approximate
+    except (OSError, TypeError):
+        return None
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def _proc_status(field: str) -> float:
@@ -213,50 +252,85 @@ def timed(fn: Callable[[], None], device) -> float:
     return time.perf_counter() - start
 
 
-def measure_setting(kind, models_by_config, tables, inputs, args, dictionary, device) -> List[dict]:
-    """Time, count and weigh every configuration on one input setting."""
-    hashee, stock = models_by_config
+class Setting(NamedTuple):
+    """One input setting: what is run, on which inputs, with which tables."""
 
-    def run(config):
+    kind: str  # "encoder" or "generate"
+    inputs: Inputs
+    tables: Dict[str, np.ndarray]
+
+
+def _runner(setting: Setting, models_by_config, args, dictionary) -> Callable[[str], Callable[[], None]]:
+    """For a configuration, the call that runs it (its tables installed)."""
+    hashee, stock = models_by_config
+    inputs, tables = setting.inputs, setting.tables
+
+    def prepare(config):
         model = stock if config == STOCK else hashee
         if config != STOCK:
             set_tables(hashee, None if config == NO_EXITS else tables["encoder"],
                        tables["decoder"] if config == ALL_EXITS else None)
-        if kind == "encoder":
+        if setting.kind == "encoder":
             return lambda: model.encoder(inputs.src_tokens, inputs.src_lengths)
         generator = SequenceGenerator([model], dictionary, beam_size=args.beam, max_len_a=0,
                                       max_len_b=args.tgt_len, min_len=1 if args.free_decoding else args.tgt_len)
         return lambda: generator.generate([model], inputs.sample, prefix_tokens=inputs.prefix)
 
-    configs = [c for c in CONFIGS if c != STOCK or stock is not None]
-    walls = {c: [] for c in configs}
+    return prepare
+
+
+def _configs(models_by_config) -> List[str]:
+    return [c for c in CONFIGS if c != STOCK or models_by_config[1] is not None]
+
+
+def count_setting(setting: Setting, models_by_config, args, dictionary, device) -> Tuple[dict, dict]:
+    """FLOPs report and peak memory of every configuration (after a warm-up pass)."""
+    prepare = _runner(setting, models_by_config, args, dictionary)
+    configs = _configs(models_by_config)
+    counts, memory = {}, {}
     with torch.inference_mode():
-        for c in configs:  # warm-up, and the FLOPs of one pass
-            run(c)()
-        counts, memory = {}, {}
         for c in configs:
-            fn = run(c)
+            prepare(c)()
+        for c in configs:
+            fn = prepare(c)
             if c != STOCK:
-                with flops.measuring(hashee) as meter:
+                with flops.measuring(models_by_config[0]) as meter:
                     fn()
                 counts[c] = flops.speedup_report(meter.sums)
                 counts[c]["sums"] = dict(meter.sums)
             memory[c] = peak_memory(fn, device)
+    return counts, memory
+
+
+def time_setting(setting: Setting, models_by_config, args, dictionary, device) -> Dict[str, List[float]]:
+    """Wall-clock seconds of every configuration, ``--repeats`` times, interleaved
+    so that drift of the machine hits all alike (after a warm-up pass)."""
+    prepare = _runner(setting, models_by_config, args, dictionary)
+    configs = _configs(models_by_config)
+    walls = {c: [] for c in configs}
+    with torch.inference_mode():
+        for c in configs:
+            prepare(c)()
         for _ in range(args.repeats):
             for c in configs:
-                fn = run(c)
+                fn = prepare(c)
                 walls[c].append(timed(fn, device))
-    baseline = statistics.median(walls[STOCK if stock is not None else NO_EXITS])
+    return walls
+
+
+def setting_rows(setting: Setting, counts: dict, memory: dict, walls: Dict[str, List[float]], args) -> List[dict]:
+    inputs = setting.inputs
+    baseline = statistics.median(walls[STOCK if STOCK in walls else NO_EXITS])
     rows = []
-    for c in configs:
-        wall = statistics.median(walls[c])
+    for c, runs in walls.items():
+        wall = statistics.median(runs)
         report = counts.get(c, counts[NO_EXITS])
-        key = "enc_speedup" if kind == "encoder" else "total_speedup"
+        key = "enc_speedup" if setting.kind == "encoder" else "total_speedup"
         flops_speedup = 1.0 if c == STOCK else report[key]
-        tokens = inputs.src_tokens.numel() if kind == "encoder" else inputs.src_tokens.size(0) * args.tgt_len
+        tokens = inputs.src_tokens.numel() if setting.kind == "encoder" else inputs.src_tokens.size(0) * args.tgt_len
         rows.append({
-            "kind": kind, "src_len": inputs.src_tokens.size(1), "batch": inputs.src_tokens.size(0), "config": c,
-            "wall_s": wall, "wall_runs_s": walls[c], "wall_speedup": baseline / wall, "flops_speedup": flops_speedup,
+            "kind": setting.kind, "src_len": inputs.src_tokens.size(1), "batch": inputs.src_tokens.size(0), "config": c,
+            "wall_s": wall, "wall_runs_s": runs, "wall_speedup": baseline / wall, "flops_speedup": flops_speedup,
             "efficiency": (baseline / wall) / flops_speedup, "tokens_per_s": tokens / wall,
             "peak_memory_mib": memory[c],
             "enc_mean_exit": report["enc_mean_exit"], "dec_mean_exit": report["dec_mean_exit"],
@@ -351,7 +425,7 @@ def main(argv=None):
     parser.add_argument("--tgt-len", type=int, default=128, help="target tokens generated")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--free-decoding", action="store_true", help="let the model choose tokens (not forced)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per configuration (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -380,39 +454,52 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        release_freed_memory()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    if args.data:
-        dictionary = Dictionary.load(os.path.join(args.data, f"dict.{args.source_lang}.txt"))
-    elif args.checkpoint:
-        dictionary = synthetic_dictionary(load_model_state(args.checkpoint)["encoder.embed_tokens.weight"].size(0))
-    else:
-        dictionary = synthetic_dictionary(args.vocab_size)
-    hashee, stock = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
-    tables = dataset_tables(args, hashee, dictionary) if args.data else synthetic_tables(args, hashee, dictionary)
-    models_by_config = tuple(None if m is None else m.to(device=device, dtype=dtype).eval() for m in (hashee, stock))
-    probs = zipf_probabilities(dictionary)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    # Memory first, with the allocator set for measuring it from the start; then time.
+    with resident_set_follows_live_memory(device):
+        if args.data:
+            dictionary = Dictionary.load(os.path.join(args.data, f"dict.{args.source_lang}.txt"))
+        elif args.checkpoint:
+            dictionary = synthetic_dictionary(load_model_state(args.checkpoint)["encoder.embed_tokens.weight"].size(0))
+        else:
+            dictionary = synthetic_dictionary(args.vocab_size)
+        hashee, stock = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
+        tables = dataset_tables(args, hashee, dictionary) if args.data else synthetic_tables(args, hashee, dictionary)
+        models_by_config = tuple(None if m is None else m.to(device=device, dtype=dtype).eval() for m in (hashee, stock))
+        probs = zipf_probabilities(dictionary)
 
-    settings = [] if "encoder" in skip else [("encoder", n, b) for n in src_lens for b in batches]
-    settings += [] if "generate" in skip else [("generate", args.gen_src_len, b) for b in gen_batches]
-    rows = []
-    for kind, src_len, batch in settings:
-        print(f"timing {kind}, source length {src_len}, batch {batch}", file=sys.stderr)
-        inputs = Inputs(args, dictionary, probs, src_len, batch, device)
-        rows += measure_setting(kind, models_by_config, tables, inputs, args, dictionary, device)
+        settings = [] if "encoder" in skip else [
+            Setting("encoder", Inputs(args, dictionary, probs, n, b, device), tables) for n in src_lens for b in batches
+        ]
+        settings += [] if "generate" in skip else [
+            Setting("generate", Inputs(args, dictionary, probs, args.gen_src_len, b, device), tables) for b in gen_batches
+        ]
+        swept = []
+        for buckets in (args.sweep.split(";") if args.sweep else []):
+            sweep_args = argparse.Namespace(**{**vars(args), "encoder_exit_layers": buckets})
+            sweep_tables = (dataset_tables(sweep_args, hashee, dictionary) if args.data
+                            else synthetic_tables(sweep_args, hashee, dictionary))
+            inputs = Inputs(args, dictionary, probs, src_lens[0], batches[0], device)
+            swept.append((buckets, Setting("encoder", inputs, sweep_tables)))
 
-    sweep = []
-    if args.sweep:
-        hashee = models_by_config[0]
-        inputs = Inputs(args, dictionary, probs, src_lens[0], batches[0], device)
-        for buckets in args.sweep.split(";"):
-            args.encoder_exit_layers = buckets
-            swept = synthetic_tables(args, hashee, dictionary) if not args.data else dataset_tables(args, hashee, dictionary)
-            row = [r for r in measure_setting("encoder", models_by_config, swept, inputs, args, dictionary, device)
-                   if r["config"] == ENC_EXITS][0]
-            sweep.append({**row, "buckets": buckets})
+        counted = []
+        for setting in settings + [s for _, s in swept]:
+            inputs = setting.inputs
+            print(f"counting {setting.kind}, source length {inputs.src_tokens.size(1)}, "
+                  f"batch {inputs.src_tokens.size(0)}", file=sys.stderr)
+            counted.append(count_setting(setting, models_by_config, args, dictionary, device))
+
+    results = []
+    for setting, (counts, memory) in zip(settings + [s for _, s in swept], counted):
+        inputs = setting.inputs
+        print(f"timing {setting.kind}, source length {inputs.src_tokens.size(1)}, "
+              f"batch {inputs.src_tokens.size(0)}", file=sys.stderr)
+        walls = time_setting(setting, models_by_config, args, dictionary, device)
+        results.append(setting_rows(setting, counts, memory, walls, args))
+    rows = [row for result in results[: len(settings)] for row in result]
+    sweep = [{**[r for r in result if r["config"] == ENC_EXITS][0], "buckets": buckets}
+             for (buckets, _), result in zip(swept, results[len(settings):])]
 
     checks = check_targets(rows)
     print(format_rows(rows))
