@@ -52,3 +52,21 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
     ours = dict(hashee.named_parameters(remove_duplicate=False))
     theirs = dict(stock.named_parameters(remove_duplicate=False))
     assert theirs and all(param is ours[name] for name, param in theirs.items())
+
+
+def test_plot_draws_or_says_what_it_needs(tmp_path):
+    points = [{"flops_speedup": 2.8, "wall_speedup": 2.6, "label": "enc 512x1"},
+              {"flops_speedup": 1.5, "wall_speedup": 1.4, "label": "5,6"}]
+    path = tmp_path / "sweep.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        import pytest
+
+        with pytest.raises(benchmark.HashEEError, match=r"--plot needs matplotlib"):
+            benchmark.plot(points, str(path))
+        assert not path.exists()
+        return
+    benchmark.plot(points, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.png"]

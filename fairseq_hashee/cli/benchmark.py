@@ -7,8 +7,9 @@ and (b) beam-search generation for four models: fairseq's stock BART, HashEE
 with every exit at the last layer, HashEE with encoder exits, and HashEE with
 encoder and decoder exits. For each it reports the FLOPs speed-up (full FLOPs
 over FLOPs spent, as the speed-up report counts them), the wall-clock speed-up
-over stock BART (median of --repeats, configurations interleaved so drift
-hits all alike), their ratio (efficiency), tokens per second and peak memory,
+over stock BART (configurations run interleaved, in --repeats rounds; the
+median of the rounds' ratios, so drift of the machine between rounds
+cancels), their ratio (efficiency), tokens per second and peak memory,
 then checks the targets of the speed-up work and writes everything as JSON.
 
 Weights are random (the --arch's dimensions) or a checkpoint's. Tables come
@@ -319,19 +320,23 @@ def time_setting(setting: Setting, models_by_config, args, dictionary, device) -
 
 
 def setting_rows(setting: Setting, counts: dict, memory: dict, walls: Dict[str, List[float]], args) -> List[dict]:
+    """One row per configuration. Its wall-clock speed-up is the median over the
+    repeats of each round's ratio: the configurations of a round ran back to
+    back, so drift of the machine between rounds cancels in the ratio."""
     inputs = setting.inputs
-    baseline = statistics.median(walls[STOCK if STOCK in walls else NO_EXITS])
+    baseline = walls[STOCK if STOCK in walls else NO_EXITS]
     rows = []
     for c, runs in walls.items():
         wall = statistics.median(runs)
+        wall_speedup = statistics.median(base / run for base, run in zip(baseline, runs))
         report = counts.get(c, counts[NO_EXITS])
         key = "enc_speedup" if setting.kind == "encoder" else "total_speedup"
         flops_speedup = 1.0 if c == STOCK else report[key]
         tokens = inputs.src_tokens.numel() if setting.kind == "encoder" else inputs.src_tokens.size(0) * args.tgt_len
         rows.append({
             "kind": setting.kind, "src_len": inputs.src_tokens.size(1), "batch": inputs.src_tokens.size(0), "config": c,
-            "wall_s": wall, "wall_runs_s": runs, "wall_speedup": baseline / wall, "flops_speedup": flops_speedup,
-            "efficiency": (baseline / wall) / flops_speedup, "tokens_per_s": tokens / wall,
+            "wall_s": wall, "wall_runs_s": runs, "wall_speedup": wall_speedup, "flops_speedup": flops_speedup,
+            "efficiency": wall_speedup / flops_speedup, "tokens_per_s": tokens / wall,
             "peak_memory_mib": memory[c],
             "enc_mean_exit": report["enc_mean_exit"], "dec_mean_exit": report["dec_mean_exit"],
         })
