@@ -23,6 +23,10 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
             assert row["flops_speedup"] == 1.0
         else:
             assert row["flops_speedup"] > 1.0
+    # the overhead target reads the rows' own (paired) speed-up
+    overheads = [c["value"] for c in result["targets"] if c["target"].startswith("no-exit overhead")]
+    no_exit_rows = [r for r in result["rows"] if r["config"] == benchmark.NO_EXITS]
+    assert overheads == [1.0 / r["wall_speedup"] for r in no_exit_rows]
     names = " ".join(c["target"] for c in result["targets"])
     for target in ("no-exit overhead, encoder", "no-exit overhead, generate", "encoder efficiency",
                    "generation efficiency", "peak memory"):

@@ -350,8 +350,9 @@ def check_targets(rows: List[dict]) -> List[dict]:
 
     checks = []
     for kind in ("encoder", "generate"):
-        for stock, ours in zip(find(kind, STOCK), find(kind, NO_EXITS)):
-            ratio = ours["wall_s"] / stock["wall_s"]
+        # Speed-ups are over stock BART when it ran (a BART architecture).
+        for ours in find(kind, NO_EXITS) if find(kind, STOCK) else []:
+            ratio = 1.0 / ours["wall_speedup"]  # the rows' paired estimate, not a ratio of medians
             checks.append({"target": f"no-exit overhead, {kind} (src {ours['src_len']}, batch {ours['batch']})",
                            "value": ratio, "want": f"<= {TARGETS['no_exit_overhead']}",
                            "met": ratio <= TARGETS["no_exit_overhead"]})
