@@ -23,7 +23,6 @@ bucket settings and --plot draws wall-clock against FLOPs speed-up.
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -222,7 +221,6 @@ def resident_set_follows_live_memory(device):
         libc.mallopt(m_trim_threshold, 64 << 20)
 
 
-@functools.lru_cache(maxsize=None)
 def _glibc():
     import ctypes
     import ctypes.util
@@ -278,6 +276,11 @@ def _runner(setting: Setting, models_by_config, args, dictionary) -> Callable[[s
         return lambda: generator.generate([model], inputs.sample, prefix_tokens=inputs.prefix)
 
     return prepare
+
+
+def _describe(setting: Setting) -> str:
+    src = setting.inputs.src_tokens
+    return f"{setting.kind}, source length {src.size(1)}, batch {src.size(0)}"
 
 
 def _configs(models_by_config) -> List[str]:
@@ -489,18 +492,15 @@ def run(args) -> dict:
             inputs = Inputs(args, dictionary, probs, src_lens[0], batches[0], device)
             swept.append((buckets, Setting("encoder", inputs, sweep_tables)))
 
+        measured = settings + [setting for _, setting in swept]
         counted = []
-        for setting in settings + [s for _, s in swept]:
-            inputs = setting.inputs
-            print(f"counting {setting.kind}, source length {inputs.src_tokens.size(1)}, "
-                  f"batch {inputs.src_tokens.size(0)}", file=sys.stderr)
+        for setting in measured:
+            print(f"counting {_describe(setting)}", file=sys.stderr)
             counted.append(count_setting(setting, models_by_config, args, dictionary, device))
 
     results = []
-    for setting, (counts, memory) in zip(settings + [s for _, s in swept], counted):
-        inputs = setting.inputs
-        print(f"timing {setting.kind}, source length {inputs.src_tokens.size(1)}, "
-              f"batch {inputs.src_tokens.size(0)}", file=sys.stderr)
+    for setting, (counts, memory) in zip(measured, counted):
+        print(f"timing {_describe(setting)}", file=sys.stderr)
         walls = time_setting(setting, models_by_config, args, dictionary, device)
         results.append(setting_rows(setting, counts, memory, walls, args))
     rows = [row for result in results[: len(settings)] for row in result]

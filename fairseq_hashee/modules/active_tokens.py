@@ -10,7 +10,7 @@ layer runs, with no gather/scatter cost), or an ``ActiveTokens`` selection.
 """
 
 import enum
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -49,16 +49,19 @@ class LayerPlanner:
     """Plans every layer of one forward over time-major ``exits`` (T, B).
 
     The count of live (non-pad) positions is the same for every layer, so it
-    is taken once per forward rather than once per layer.
+    is taken once per forward rather than once per layer, and only when a
+    layer is planned: stacks without early exits never ask.
     """
 
     def __init__(self, exits: Tensor):
         self.exits = exits
-        self.live = (exits > 0).sum()
+        self._live: Optional[Tensor] = None
 
     def __call__(self, layer: int) -> LayerPlan:
         """What ``layer`` (1-based) does with the positions."""
-        return _plan(self.exits, layer, self.live)
+        if self._live is None:
+            self._live = (self.exits > 0).sum()
+        return _plan(self.exits, layer, self._live)
 
 
 def _plan(exits: Tensor, layer: int, live: Tensor) -> LayerPlan:
