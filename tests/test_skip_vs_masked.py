@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import PRECISIONS, build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
+from helpers import PRECISIONS, build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
 
 
 
@@ -66,7 +66,7 @@ def test_a_layer_nobody_reaches_is_skipped():
     table[: dictionary.nspecial] = 3  # special symbols always run every layer
     model.encoder.set_exit_table(table)
     for layer in model.encoder.layers[1:]:
-        layer.forward_active = lambda *args: pytest.fail("a layer with no active token ran")
+        layer.forward_active = layer.forward_stock = lambda *args: pytest.fail("a layer with no active token ran")
     src = torch.randint(dictionary.nspecial, len(dictionary), (3, 6), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         states = model.encoder(src, torch.full((3,), 6), return_all_hiddens=True)["encoder_states"]

@@ -39,12 +39,12 @@ from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture
 from fairseq.sequence_generator import SequenceGenerator
 
-from .. import hash_functions, models  # noqa: F401  (registers the HashEE architectures)
+from .. import hash_functions, models
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
-from ..table_builder import SplitSides, build_stack_table
+from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..token_stats import TokenStats
 
 STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = "fairseq BART", "HashEE, no exits", "HashEE, encoder exits", "HashEE, enc+dec exits"
@@ -126,29 +126,35 @@ def zipf_probabilities(dictionary: Dictionary, exponent: float = 1.0) -> np.ndar
     return probs / probs.sum()
 
 
+def _stack_options(args, stack: str) -> TableOptions:
+    layers = args.encoder_exit_layers if stack == "encoder" else args.decoder_exit_layers
+    return TableOptions(args.hash_type, exit_layers=layers, seed=args.seed, option_prefix=f"--{stack}-")
+
+
+def _embeddings(stack) -> np.ndarray:
+    return stack.embed_tokens.weight.detach().float().cpu().numpy()
+
+
 def synthetic_tables(args, hashee, dictionary) -> Dict[str, np.ndarray]:
-    probs = zipf_probabilities(dictionary)
-    counts = np.round(probs * 1e9).astype(np.int64)
-    stats = TokenStats(counts)
-    special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
+    """Tables hashed from the statistics of synthetic Zipf text over ``dictionary``."""
+    stats = TokenStats(np.round(zipf_probabilities(dictionary) * 1e9).astype(np.int64))
     tables = {}
-    for stack, layers_opt in (("encoder", args.encoder_exit_layers), ("decoder", args.decoder_exit_layers)):
-        num_layers = getattr(hashee, stack).num_layers
-        buckets = hash_functions.exit_buckets(num_layers, hash_functions.parse_layer_list(layers_opt, f"--{stack}-exit-layers"))
-        embeddings = getattr(hashee, stack).embed_tokens.weight.detach().float().numpy()
-        tables[stack] = hash_functions.build_table(args.hash_type, stats, special, buckets, num_layers, args.seed, embeddings)
+    for stack in ("encoder", "decoder"):
+        module = getattr(hashee, stack)
+        recipe = TableRecipe(stack, _stack_options(args, stack), module.num_layers, dictionary.symbols,
+                             dictionary.nspecial, stats, "synthetic Zipf text")
+        tables[stack] = recipe.build(_embeddings(module), "benchmark model").table
     return tables
 
 
 def dataset_tables(args, hashee, dictionary) -> Dict[str, np.ndarray]:
+    """Tables hashed from the training split of ``--data``."""
     sides = SplitSides(args.data, "train", args.source_lang, args.target_lang, dictionary, dictionary)
     tables = {}
-    for stack, layers_opt in (("encoder", args.encoder_exit_layers), ("decoder", args.decoder_exit_layers)):
+    for stack in ("encoder", "decoder"):
         module = getattr(hashee, stack)
-        buckets = hash_functions.exit_buckets(module.num_layers, hash_functions.parse_layer_list(layers_opt, f"--{stack}-exit-layers"))
-        built, _ = build_stack_table(sides, stack, args.hash_type, buckets, module.num_layers, args.seed,
-                                     module.embed_tokens.weight.detach().float().numpy(), "benchmark model")
-        tables[stack] = built.table
+        recipe = recipe_from_split(sides, stack, _stack_options(args, stack), module.num_layers)
+        tables[stack] = recipe.build(_embeddings(module), "benchmark model").table
     return tables
 
 

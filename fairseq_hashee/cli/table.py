@@ -24,13 +24,12 @@ import torch
 from fairseq.data import Dictionary
 
 from .. import hash_functions
+from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
-from ..checkpoints import load_model_state
 from ..modules import flops
 from ..modules.exit_table import draw_exits
-from ..table_builder import SplitSides, build_stack_table, histogram
-from ..table_file import ExitTableFile
+from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..token_stats import TokenStats
 
 
@@ -109,14 +108,10 @@ def run(args, parser):
         parser.error("give either a binarized DATA folder or --dict")
     if os.path.exists(args.output) and not args.force:
         raise HashEEError(f"{args.output}: exists; pass --force to overwrite it")
-    buckets = hash_functions.exit_buckets(
-        args.num_layers,
-        layers=hash_functions.parse_layer_list(args.exit_layers, "--exit-layers"),
-        min_layer=args.exit_min,
-        max_layer=args.exit_max,
-        step=args.exit_step,
-        option="--exit-layers" if args.exit_layers else "--exit-min/max/step",
+    options = TableOptions(
+        args.hash_type, args.exit_layers, args.exit_min, args.exit_max, args.exit_step, args.seed, "--"
     )
+    options.buckets(args.num_layers)  # a bad option fails before anything is read
     sides = None
     if args.dict:
         if not os.path.exists(args.dict):
@@ -125,30 +120,23 @@ def run(args, parser):
             raise HashEEError("--hash-type mi needs a binarized dataset (both sides), not --dict")
         dictionary = Dictionary.load(args.dict)
         stats = TokenStats(np.asarray(dictionary.count, dtype=np.int64))
-        special = hash_functions.special_symbol_mask(dictionary.symbols, dictionary.nspecial)
-        embeddings = checkpoint_embeddings(args, len(dictionary))
-        table = hash_functions.build_table(
-            args.hash_type, stats, special, buckets, args.num_layers, args.seed, embeddings
+        recipe = TableRecipe(
+            args.stack, options, args.num_layers, dictionary.symbols, dictionary.nspecial, stats,
+            os.path.basename(args.dict),
         )
-        options = {"buckets": ",".join(map(str, buckets)), "seed": str(args.seed), "split": os.path.basename(args.dict)}
-        if embeddings is not None:
-            options["embeddings"] = args.checkpoint
-        built = ExitTableFile(args.stack, args.hash_type, options, args.num_layers, list(dictionary.symbols), table)
     else:
-        load = lambda lang: Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt"))  # noqa: E731
         for lang in (args.source_lang, args.target_lang):
             if not os.path.exists(os.path.join(args.data, f"dict.{lang}.txt")):
                 raise HashEEError(f"{args.data}: no dict.{lang}.txt (see -s/-t)")
-        src_dict, tgt_dict = load(args.source_lang), load(args.target_lang)
-        sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
-        own_dict = src_dict if args.stack == "encoder" else tgt_dict
-        built, stats = build_stack_table(
-            sides, args.stack, args.hash_type, buckets, args.num_layers, args.seed,
-            checkpoint_embeddings(args, len(own_dict)), args.checkpoint or "",
+        src_dict, tgt_dict = (
+            Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt")) for lang in (args.source_lang, args.target_lang)
         )
+        sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
+        recipe = recipe_from_split(sides, args.stack, options, args.num_layers)
+    built = recipe.build(checkpoint_embeddings(args, len(recipe.symbols)), args.checkpoint or "")
     built.write(args.output, overwrite=args.force)
 
-    report = {"histogram": histogram(built.table, stats.counts)}
+    report = {"histogram": recipe.histogram(built.table)}
     print(f"{args.stack} exit table ({args.hash_type}) -> {args.output}")
     print(f"  {report['histogram']}")
     if sides is not None:

@@ -18,8 +18,7 @@ from fairseq.models.transformer import TransformerConfig
 
 from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
-from ..modules.exit_table import EXIT_IMPLS
-from .hashee_transformer import HashEEDecoder, HashEEEncoder
+from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +59,18 @@ class HashEEBARTModel(BARTModel):
     @classmethod
     def build_model(cls, args, task):
         check_supported(args)
-        model = super().build_model(args, task)
-        model.encoder.exit_impl = args.exit_impl
-        model.decoder.exit_impl = args.exit_impl
-        return model
+        return super().build_model(args, task)
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return HashEEEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+        return HashEEEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens, args.exit_impl)
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         cfg = TransformerConfig.from_namespace(args)
-        return HashEEDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+        return HashEEDecoder(
+            cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention, exit_impl=args.exit_impl
+        )
 
     def upgrade_state_dict_named(self, state_dict, name):
         super().upgrade_state_dict_named(state_dict, name)
@@ -80,14 +78,19 @@ class HashEEBARTModel(BARTModel):
         for stack in (self.encoder, self.decoder):
             key = f"{prefix}{stack.stack_name}.exit_table"
             embeddings = state_dict.get(f"{prefix}{stack.stack_name}.embed_tokens.weight")
+            recipe = stack.exit_table_recipe
             if (
                 key not in state_dict
-                and stack.exit_table_rebuild is not None
+                and recipe is not None
+                and recipe.needs_embeddings
                 and embeddings is not None
                 and embeddings.size(0) == len(stack.dictionary)  # else load_state_dict names the misfit
             ):
-                logger.info(f"checkpoint has no {key}; hashing its {stack.stack_name} embeddings")
-                state_dict[key] = torch.from_numpy(stack.exit_table_rebuild(embeddings))
+                table = recipe.build(embeddings.detach().float().cpu().numpy(), "restored embeddings").table
+                logger.info(
+                    f"checkpoint has no {key}; hashed its {stack.stack_name} embeddings: {recipe.histogram(table)}"
+                )
+                state_dict[key] = torch.from_numpy(table)
             elif key not in state_dict:
                 logger.info(f"checkpoint has no {key}; keeping the table built by the task")
                 state_dict[key] = stack.exit_table.clone()

@@ -53,7 +53,7 @@ class HashEECPTEncoder(HashEEEncoder):
 class HashEECPTModel(HashEEBARTModel):
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return HashEECPTEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+        return HashEECPTEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens, args.exit_impl)
 
 
 def _cpt_defaults(args, layers: int, decoder_layers: int, dim: int, heads: int):

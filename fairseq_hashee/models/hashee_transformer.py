@@ -1,12 +1,13 @@
 """HashEE encoder and decoder: fairseq's Transformer stacks with per-token exits.
 
 Each stack keeps fairseq's embeddings, layers and output layer and replaces
-only the loop over layers: layer ``i`` updates the positions whose exit layer
-is at least ``i`` (see modules/active_tokens.py). ``exit_impl`` picks how:
+only the loop over layers (``PlannedStackMixin.run_layers``): layer ``i``
+updates the positions whose exit layer is at least ``i`` (docs/design.md
+sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
 
-- ``skip`` plans each layer: no work where no position is active, fairseq's
-  stock layer where no position has exited yet, and otherwise the active
-  positions only (modules/hashee_layers.py);
+- ``skip`` runs each layer's plan: no work where no position is active,
+  fairseq's stock layer where no position has exited yet, and otherwise the
+  active positions only (modules/hashee_layers.py);
 - ``masked`` runs fairseq's stock layer on every position and keeps the old
   state where a position has exited: the slow reference definition.
 """
@@ -17,18 +18,65 @@ import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 from torch import Tensor
 
-from ..modules.active_tokens import LayerPlanner, Plan
+from ..errors import HashEEError
+from ..modules import kv_cache
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
-from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer
+from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer, LayerInputs
+from ..modules.layer_plan import StackPlanner
+
+EXIT_IMPLS = ("skip", "masked")
 
 
-class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
+class PlannedStackMixin:
+    """The loop over a stack's layers, shared by the encoder and the decoder."""
+
+    def _init_planned_stack(self, exit_impl: str) -> None:
+        self.exit_impl = exit_impl
+        # Set by flops.measuring() while FLOPs are being counted.
+        self.speedup_meter = None
+
+    @property
+    def exit_impl(self) -> str:
+        return self._exit_impl
+
+    @exit_impl.setter
+    def exit_impl(self, value: str) -> None:
+        runners = {"skip": self._run_skip, "masked": self._run_masked}
+        if value not in runners:
+            raise HashEEError(f"--exit-impl: expected one of {', '.join(EXIT_IMPLS)}, got {value!r}")
+        self._exit_impl = value
+        self._run_layer = runners[value]
+
+    def run_layers(self, x: Tensor, exits: Tensor, inputs: LayerInputs, states: Optional[List] = None) -> Tensor:
+        """States (T, B, C) after every layer; ``exits`` (B, T) of the positions of ``x``.
+
+        ``states``, when given, receives the states after each layer.
+        """
+        planner = StackPlanner(exits, self.num_layers, every_layer_full=self.no_early_exits)
+        for i, layer in enumerate(self.layers, start=1):
+            x = self._run_layer(layer, x, i, planner, inputs)
+            if states is not None:
+                states.append(x)
+        return x
+
+    @staticmethod
+    def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
+        return layer.forward_plan(x, planner(i), inputs)
+
+    @staticmethod
+    def _run_masked(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
+        # Every position computed, exited ones discarded: nothing is deferred either.
+        return torch.where(planner.active_mask(i), layer.forward_stock(x, inputs), x)
+
+
+class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
     stack_name = "encoder"
 
     def __init__(self, cfg, dictionary, embed_tokens, exit_impl: str = "skip"):
         super().__init__(cfg, dictionary, embed_tokens)
-        self._init_exit_table(dictionary, exit_impl)
+        self._init_exit_table(dictionary)
+        self._init_planned_stack(exit_impl)
         self.shape = StackShape(self.num_layers, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
 
     def build_encoder_layer(self, cfg):
@@ -47,30 +95,19 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
         x = x.transpose(0, 1)
-        layer_padding_mask = padding_mask if has_pads else None
         exits = self.token_exits(src_tokens)
-
+        inputs = LayerInputs(
+            padding_mask=padding_mask if has_pads else None,
+            # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
+            in_place=not return_all_hiddens and not torch.is_grad_enabled(),
+        )
         encoder_states: List[Tensor] = [x] if return_all_hiddens else []
-        # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
-        in_place = not return_all_hiddens and not torch.is_grad_enabled()
-        plan_layer = LayerPlanner(exits)
-        for i, layer in enumerate(self.layers, start=1):
-            if self.exit_impl == "masked":
-                updated = layer(x, encoder_padding_mask=layer_padding_mask)
-                x = torch.where((exits >= i).unsqueeze(-1), updated, x)
-            else:
-                plan = Plan.EVERY if self.no_early_exits else plan_layer(i)
-                if plan is Plan.EVERY:
-                    x = layer(x, encoder_padding_mask=layer_padding_mask)
-                elif plan is not Plan.SKIP:
-                    x = layer.forward_active(x, layer_padding_mask, plan, in_place)
-            if return_all_hiddens:
-                encoder_states.append(x)
+        x = self.run_layers(x, exits, inputs, encoder_states if return_all_hiddens else None)
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         if self.speedup_meter is not None:
-            self.speedup_meter.add_encoder(self.shape, exits.t())
+            self.speedup_meter.add_encoder(self.shape, exits)
 
         return {
             "encoder_out": [x],  # T x B x C
@@ -83,7 +120,7 @@ class HashEEEncoder(ExitTableMixin, TransformerEncoderBase):
         }
 
 
-class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
+class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
     """Exit layer of position t = table[prev_output_tokens[t]], known before t is computed."""
 
     stack_name = "decoder"
@@ -98,7 +135,8 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
         exit_impl: str = "skip",
     ):
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
-        self._init_exit_table(dictionary, exit_impl)
+        self._init_exit_table(dictionary)
+        self._init_planned_stack(exit_impl)
         self.shape = StackShape(
             self.num_layers,
             cfg.decoder.embed_dim,
@@ -119,6 +157,10 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
         alignment_layer: Optional[int] = None,
         alignment_heads: Optional[int] = None,
     ):
+        if full_context_alignment or alignment_layer is not None or alignment_heads is not None:
+            raise HashEEError(
+                "attention alignments (--print-alignment, alignment layers/heads) are not supported by HashEE decoders"
+            )
         enc: Optional[Tensor] = None
         enc_padding_mask: Optional[Tensor] = None
         if encoder_out is not None and len(encoder_out["encoder_out"]) > 0:
@@ -127,35 +169,17 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
             enc_padding_mask = encoder_out["encoder_padding_mask"][0]
 
         x, tokens = self._embed_new_positions(prev_output_tokens, incremental_state)
-        past_len = prev_output_tokens.size(1) - tokens.size(1)
         pad = tokens.eq(self.padding_idx)
-        self_attn_padding_mask = pad if bool(pad.any()) else None
         exits = self.token_exits(tokens)
-
+        inputs = LayerInputs(
+            padding_mask=pad if bool(pad.any()) else None,
+            encoder_out=enc,
+            encoder_padding_mask=enc_padding_mask,
+            incremental_state=incremental_state,
+            self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
+        )
         inner_states: List[Optional[Tensor]] = [x]
-        future_mask = self.buffered_future_mask(x) if incremental_state is None else None
-        # Without early exits (or for the masked reference) every layer is fairseq's own,
-        # incremental steps included: nothing is ever deferred.
-        stock = self.no_early_exits or self.exit_impl == "masked"
-        plan_layer = LayerPlanner(exits)
-        for i, layer in enumerate(self.layers, start=1):
-            plan = Plan.EVERY if stock else plan_layer(i)
-            if incremental_state is not None and not stock:
-                x = layer.forward_step(x, plan, enc, enc_padding_mask, incremental_state, self_attn_padding_mask)
-            elif plan is Plan.EVERY:
-                updated, _, _ = layer(
-                    x,
-                    enc,
-                    enc_padding_mask,
-                    incremental_state,
-                    self_attn_mask=future_mask,
-                    self_attn_padding_mask=self_attn_padding_mask,
-                )
-                # The masked reference keeps the old state of every exited position.
-                x = updated if self.exit_impl == "skip" else torch.where((exits >= i).unsqueeze(-1), updated, x)
-            elif plan is not Plan.SKIP:
-                x = layer.forward_active(x, plan, enc, enc_padding_mask, self_attn_padding_mask)
-            inner_states.append(x)
+        x = self.run_layers(x, exits, inputs, inner_states)
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -163,7 +187,8 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
-            self._measure(exits.t(), past_len, enc, enc_padding_mask, incremental_state)
+            past_len = prev_output_tokens.size(1) - tokens.size(1)
+            self._measure(exits, past_len, inputs)
         return x, {"attn": [None], "inner_states": inner_states}
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):
@@ -193,24 +218,22 @@ class HashEEDecoder(ExitTableMixin, TransformerDecoderBase):
         x = self.dropout_module(x)
         return x.transpose(0, 1), tokens
 
-    def _measure(self, exits: Tensor, past_len: int, enc, enc_padding_mask, incremental_state):
-        """Add this call's FLOPs to the meter; exits (B, T) of the new positions."""
+    def _measure(self, exits: Tensor, past_len: int, inputs: LayerInputs):
+        """Add this call's FLOPs to the meter; ``exits`` (B, T) of the new positions."""
         num_rows, new_len = exits.shape
         positions = past_len + torch.arange(new_len, device=exits.device).expand(num_rows, new_len)
         cross_attn = self.layers[0].encoder_attn
+        enc, state = inputs.encoder_out, inputs.incremental_state
         if enc is None or cross_attn is None:
             src_lengths, cross_kv = exits.new_zeros(num_rows), None
         else:
-            if incremental_state is not None:
-                # The cache, not encoder_out, has the rows of the live hypotheses:
-                # with beamable attention encoder_out is never reordered.
-                cache = cross_attn._get_input_buffer(incremental_state)
-                src_len, enc_rows = cache["prev_key"].size(2), cache["prev_key"].size(0)
-                pad = cache.get("prev_key_padding_mask")
+            if state is not None:
+                lengths = kv_cache.cached_source_lengths(cross_attn, state)
+            elif inputs.encoder_padding_mask is not None:
+                lengths = inputs.encoder_padding_mask.logical_not().sum(dim=1)
             else:
-                src_len, enc_rows, pad = enc.size(0), enc.size(1), enc_padding_mask
-            lengths = exits.new_full((enc_rows,), src_len) if pad is None else pad.logical_not().sum(dim=1)
-            src_lengths = lengths.repeat_interleave(num_rows // enc_rows)
+                lengths = exits.new_full((enc.size(1),), enc.size(0))
+            src_lengths = lengths.repeat_interleave(num_rows // lengths.size(0))
             # Cross-attention keys/values are projected on the first call only.
             cross_kv = lengths if past_len == 0 else None
         self.speedup_meter.add_decoder(self.shape, exits, positions, src_lengths, cross_kv)

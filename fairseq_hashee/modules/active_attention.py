@@ -2,7 +2,7 @@
 
 HashEE's saving lives here: the query projection, the scores, the weighted sum
 and the output projection run for the tokens a layer still updates, while the
-keys and values cover every position, exited ones included (DESIGN.md
+keys and values cover every position, exited ones included (docs/design.md
 section 3). The projections are fairseq's own ``MultiheadAttention`` modules,
 so parameter names stay those of fairseq's BART.
 """
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from .active_tokens import ActiveTokens
+from .layer_plan import ActivePositions
 from .gathered_linear import gathered_linear
 
 
@@ -55,20 +55,22 @@ def project_kv(attn: MultiheadAttention, x: Tensor, batch_first: bool = False) -
     return kv[0], kv[1]
 
 
-def _pack(values: Tensor, sel: ActiveTokens, fill) -> Tensor:
-    """Scatter per-token ``values`` (N, ...) into (Ba, n_slots, ...) by row and slot."""
-    num_rows = sel.row_ids.numel()
-    if values.size(0) == num_rows * sel.n_slots:
+def pack(values: Tensor, plan: ActivePositions, fill) -> Tensor:
+    """Scatter per-position ``values`` (N, ...) into (Ba, n_slots, ...) by rank and slot;
+    slots a row does not use hold ``fill``."""
+    num_rows = plan.rows.numel()
+    if values.size(0) == num_rows * plan.n_slots:
         # Row-major order with every slot used: packing is a reshape.
-        return values.reshape((num_rows, sel.n_slots) + values.shape[1:])
-    packed = values.new_full((num_rows, sel.n_slots) + values.shape[1:], fill)
-    return packed.index_put((sel.rows, sel.slots), values)
+        return values.reshape((num_rows, plan.n_slots) + values.shape[1:])
+    packed = values.new_full((num_rows, plan.n_slots) + values.shape[1:], fill)
+    return packed.index_put((plan.rank, plan.slot), values)
 
 
-def _unpack(packed: Tensor, sel: ActiveTokens) -> Tensor:
-    if sel.flat.numel() == packed.size(0) * packed.size(1):
+def unpack(packed: Tensor, plan: ActivePositions) -> Tensor:
+    """Inverse of ``pack``: (Ba, n_slots, ...) back to (N, ...) in the plan's order."""
+    if plan.flat.numel() == packed.size(0) * packed.size(1):
         return packed.reshape((-1,) + packed.shape[2:])
-    return packed[sel.rows, sel.slots]
+    return packed[plan.rank, plan.slot]
 
 
 def attend_active(
@@ -76,20 +78,20 @@ def attend_active(
     query: Tensor,
     keys: Tensor,
     values: Tensor,
-    sel: ActiveTokens,
+    plan: ActivePositions,
     key_padding_mask: Optional[Tensor] = None,
     query_positions: Optional[Tensor] = None,
 ) -> Tensor:
     """Multi-head attention output (N, C) for the active ``query`` states (N, C).
 
     ``keys``/``values`` are (Ba, heads, S, head_dim), one row per entry of
-    ``sel.row_ids``; ``key_padding_mask`` (Ba, S) is True at padding.
+    ``plan.rows``; ``key_padding_mask`` (Ba, S) is True at padding.
     ``query_positions`` (N,), when given, makes the attention causal: a query
     sees the keys at positions up to and including its own.
     """
     num_heads, head_dim = attn.num_heads, attn.head_dim
     q = gathered_linear(attn.q_proj, query).view(-1, num_heads, head_dim)
-    q = _pack(q, sel, 0.0).transpose(1, 2)  # (Ba, heads, n_slots, head_dim)
+    q = pack(q, plan, 0.0).transpose(1, 2)  # (Ba, heads, n_slots, head_dim)
 
     src_len = keys.size(2)
     mask: Optional[Tensor] = None
@@ -98,7 +100,7 @@ def attend_active(
         mask = key_padding_mask[:, None, None, :].logical_not()
     if query_positions is not None:
         # Unused slots see every key, which keeps their softmax finite.
-        last = _pack(query_positions, sel, src_len - 1)
+        last = pack(query_positions, plan, src_len - 1)
         causal = torch.arange(src_len, device=keys.device) <= last[:, :, None]
         causal = causal[:, None, :, :]
         mask = causal if mask is None else mask & causal
@@ -106,5 +108,5 @@ def attend_active(
     drop = attn.dropout_module
     dropout_p = drop.p if (attn.training or drop.apply_during_inference) else 0.0
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p)
-    out = _unpack(out.transpose(1, 2), sel).reshape(-1, num_heads * head_dim)
+    out = unpack(out.transpose(1, 2), plan).reshape(-1, num_heads * head_dim)
     return gathered_linear(attn.out_proj, out)

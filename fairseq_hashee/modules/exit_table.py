@@ -1,15 +1,12 @@
 """The token -> exit-layer table a HashEE stack carries, its checks, and the
-per-occurrence draw of ``random-incons`` tables (see hash_functions.py)."""
+per-occurrence draw of ``random-incons`` tables (docs/design.md section 2)."""
 
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import HashEEError
-
-EXIT_IMPLS = ("skip", "masked")
 
 
 class ExitTableMixin:
@@ -22,33 +19,21 @@ class ExitTableMixin:
 
     stack_name = "stack"
 
-    def _init_exit_table(self, dictionary, exit_impl: str):
+    def _init_exit_table(self, dictionary):
         self.register_buffer(
             "exit_table", torch.full((len(dictionary),), self.num_layers, dtype=torch.long)
         )
-        self.exit_impl = exit_impl
         # Who set the table (an option name), None while it is the all-L default.
         self.exit_table_source = None
-        # Set by flops.measuring() while FLOPs are being counted.
-        self.speedup_meter = None
+        # How the task built the table (table_builder.TableRecipe), kept for a
+        # hash of the model's own weights (cluster): a checkpoint restored
+        # without a table gets one from its own embeddings.
+        self.exit_table_recipe = None
         # Kept in step with the buffer: whether the table holds draw sets
         # (random-incons), and whether every symbol runs every layer (then the
         # stack is fairseq's, with no per-layer planning at all).
         self.draws_per_occurrence = False
         self.no_early_exits = True
-        # For hashes of the model's own weights (cluster): rebuilds the table
-        # from a restored embedding matrix. Set by the task.
-        self.exit_table_rebuild: Optional[Callable[[Tensor], np.ndarray]] = None
-
-    @property
-    def exit_impl(self) -> str:
-        return self._exit_impl
-
-    @exit_impl.setter
-    def exit_impl(self, value: str):
-        if value not in EXIT_IMPLS:
-            raise HashEEError(f"--exit-impl: expected one of {', '.join(EXIT_IMPLS)}, got {value!r}")
-        self._exit_impl = value
 
     def check_exit_table(self, table: Tensor, source: str) -> None:
         """Raise a one-line error naming ``source`` if ``table`` cannot drive this stack."""
@@ -94,7 +79,7 @@ class ExitTableMixin:
         self.no_early_exits = bool((self.exit_table == self.num_layers).all())
 
     def token_exits(self, tokens: Tensor) -> Tensor:
-        """Exit layer of every position of ``tokens`` (B, T), time-major, 0 at padding.
+        """Exit layer of every position of ``tokens`` (B, T), as (B, T), 0 at padding.
 
         Called once per forward (once per new position when decoding
         incrementally), so a drawn exit holds for every layer of that forward.
@@ -102,7 +87,7 @@ class ExitTableMixin:
         exits = self.exit_table[tokens]
         if self.draws_per_occurrence:
             exits = draw_exits(exits, self.num_layers)
-        return exits.masked_fill(tokens.eq(self.padding_idx), 0).t()
+        return exits.masked_fill(tokens.eq(self.padding_idx), 0)
 
 
 def draw_exits(entries: Tensor, num_layers: int, generator: Optional[torch.Generator] = None) -> Tensor:

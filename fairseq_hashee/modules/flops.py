@@ -3,11 +3,15 @@
 A multiply-add is 2 FLOPs; norms, softmax and embeddings are left out. Per
 layer, a position the layer updates costs its query and output projections,
 its attention scores and weighted sum, and the feed-forward block; every
-position, updated or frozen, costs its key/value projections (DESIGN.md
-section 3). The decoder also counts the cross-attention key/value projections
+position, updated or frozen, costs its key/value projections (docs/design.md
+section 5). The decoder also counts the cross-attention key/value projections
 of the source (once per sentence when decoding incrementally) and the output
 projection of every position. Speed-up = FLOPs with every exit at L divided by
 FLOPs spent, which is what ``forward_active`` does.
+
+The meter's sums are keyed ``{stack}_{quantity}`` (``METER_KEYS``): the task
+logs them through fairseq's metrics under these names and derives the
+report from their totals.
 """
 
 import contextlib
@@ -17,6 +21,15 @@ from typing import Dict, Iterator, Optional
 
 import torch
 from torch import Tensor
+
+
+STACKS = ("encoder", "decoder")
+QUANTITIES = ("flops_spent", "flops_full", "exit_sum", "positions")
+METER_KEYS = tuple(f"{stack}_{quantity}" for stack in STACKS for quantity in QUANTITIES)
+
+
+def _key(stack: str, quantity: str) -> str:
+    return f"{stack}_{quantity}"
 
 
 @dataclass(frozen=True)
@@ -79,10 +92,13 @@ class SpeedupMeter:
 
     def add(self, stack: str, spent: float, full: float, exits: Tensor):
         real = exits > 0
-        self.sums[f"{stack}_flops_spent"] += spent
-        self.sums[f"{stack}_flops_full"] += full
-        self.sums[f"{stack}_exit_sum"] += float(exits[real].double().sum())
-        self.sums[f"{stack}_positions"] += float(real.sum())
+        self.sums[_key(stack, "flops_spent")] += spent
+        self.sums[_key(stack, "flops_full")] += full
+        self.sums[_key(stack, "exit_sum")] += float(exits[real].double().sum())
+        self.sums[_key(stack, "positions")] += float(real.sum())
+
+    def spent(self, stack: str) -> float:
+        return self.sums[_key(stack, "flops_spent")]
 
     def add_encoder(self, shape: StackShape, exits: Tensor):
         self.add(
@@ -108,14 +124,15 @@ def speedup_report(sums: Dict[str, float]) -> Dict[str, float]:
     def ratio(num: float, den: float) -> float:
         return num / den if den else 0.0
 
+    def total(quantity: str, stacks=STACKS) -> float:
+        return sum(sums.get(_key(stack, quantity), 0.0) for stack in stacks)
+
     report = {}
-    for stack, short in (("encoder", "enc"), ("decoder", "dec")):
-        report[f"{short}_speedup"] = ratio(sums.get(f"{stack}_flops_full", 0.0), sums.get(f"{stack}_flops_spent", 0.0))
-        report[f"{short}_mean_exit"] = ratio(sums.get(f"{stack}_exit_sum", 0.0), sums.get(f"{stack}_positions", 0.0))
-    report["total_speedup"] = ratio(
-        sums.get("encoder_flops_full", 0.0) + sums.get("decoder_flops_full", 0.0),
-        sums.get("encoder_flops_spent", 0.0) + sums.get("decoder_flops_spent", 0.0),
-    )
+    for stack in STACKS:
+        short = stack[:3]
+        report[f"{short}_speedup"] = ratio(total("flops_full", [stack]), total("flops_spent", [stack]))
+        report[f"{short}_mean_exit"] = ratio(total("exit_sum", [stack]), total("positions", [stack]))
+    report["total_speedup"] = ratio(total("flops_full"), total("flops_spent"))
     return report
 
 

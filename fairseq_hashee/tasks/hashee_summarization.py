@@ -13,7 +13,6 @@ metrics and at the end of fairseq-generate / fairseq-interactive.
 """
 
 import atexit
-import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,21 +30,11 @@ from ..dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
-from ..table_builder import SplitSides, build_stack_table, histogram
+from ..table_builder import SplitSides, TableOptions, recipe_from_split
 from ..table_file import read_table
 
 logger = logging.getLogger(__name__)
 
-_METER_KEYS = (
-    "encoder_flops_spent",
-    "encoder_flops_full",
-    "encoder_exit_sum",
-    "encoder_positions",
-    "decoder_flops_spent",
-    "decoder_flops_full",
-    "decoder_exit_sum",
-    "decoder_positions",
-)
 _GENERATION_AGGREGATOR = "hashee_generation"
 
 
@@ -155,6 +144,19 @@ class HashEESummarizationTask(TranslationTask):
             self.install_exit_tables(model)
         return model
 
+    def table_options(self, stack: str) -> TableOptions:
+        """The task's options for ``stack``'s table (``--encoder-*`` or ``--decoder-*``)."""
+        cfg = self.cfg
+        if stack == "encoder":
+            return TableOptions(
+                cfg.encoder_hash_type, cfg.encoder_exit_layers, cfg.encoder_exit_min,
+                cfg.encoder_exit_max, cfg.encoder_exit_step, cfg.hash_seed, "--encoder-",
+            )
+        return TableOptions(
+            cfg.decoder_hash_type, cfg.decoder_exit_layers, cfg.decoder_exit_min,
+            cfg.decoder_exit_max, cfg.decoder_exit_step, cfg.hash_seed, "--decoder-",
+        )
+
     def install_exit_tables(self, model) -> None:
         """Put one table per stack in ``model``: loaded from a file, or built from data."""
         cfg = self.cfg
@@ -167,60 +169,25 @@ class HashEESummarizationTask(TranslationTask):
             self.tgt_dict,
             cfg.dataset_impl,
         )
+        table_files = {"encoder": cfg.encoder_hash_table, "decoder": cfg.decoder_hash_table}
         for stack in (model.encoder, model.decoder):
-            name = stack.stack_name
-            path = getattr(cfg, f"{name}_hash_table")
+            name, path = stack.stack_name, table_files[stack.stack_name]
             if path:
                 loaded = read_table(path, stack.dictionary.symbols, name, stack.num_layers, stack.dictionary.nspecial)
                 logger.info(f"{name} exit table from {path} ({loaded.hash_type} {loaded.options})")
                 stack.set_exit_table(torch.from_numpy(loaded.table), path)
             elif name == "encoder" or cfg.decoder_exits:
-                hash_type = getattr(cfg, f"{name}_hash_type")
-                if hash_type == "cluster":
+                recipe = recipe_from_split(sides, name, self.table_options(name), stack.num_layers)
+                embeddings, described = None, ""
+                if recipe.needs_embeddings:
                     # The table follows the model's embeddings: those it starts
-                    # with, or those --restore-file brings (the model calls back).
-                    stack.exit_table_rebuild = functools.partial(
-                        self._hash_stack, sides, stack, embeddings_from="restored embeddings"
-                    )
-                    table = self._hash_stack(sides, stack, stack.embed_tokens.weight, "initial embeddings")
-                else:
-                    table = self._hash_stack(sides, stack)
+                    # with, or those --restore-file brings (HashEEBARTModel rebuilds it).
+                    stack.exit_table_recipe = recipe
+                    embeddings, described = stack.embed_tokens.weight.detach().float().cpu().numpy(), "initial embeddings"
+                table = recipe.build(embeddings, described).table
+                what = f"{recipe.options.hash_type}, {described}" if described else recipe.options.hash_type
+                logger.info(f"{name} exit table ({what}): {recipe.histogram(table)}")
                 stack.set_exit_table(torch.from_numpy(table), f"--{name}-hash-type")
-
-    def _hash_stack(self, sides, stack, embeddings=None, embeddings_from=""):
-        """Build ``stack``'s table with the task's options and log its histogram."""
-        name = stack.stack_name
-        hash_type = getattr(self.cfg, f"{name}_hash_type")
-        if embeddings is not None:
-            embeddings = embeddings.detach().float().cpu().numpy()
-        built, stats = build_stack_table(
-            sides,
-            name,
-            hash_type,
-            self._buckets(name, stack.num_layers),
-            stack.num_layers,
-            self.cfg.hash_seed,
-            embeddings,
-            embeddings_from,
-        )
-        what = f"{hash_type}, {embeddings_from}" if embeddings_from else hash_type
-        logger.info(f"{name} exit table ({what}): {histogram(built.table, stats.counts)}")
-        return built.table
-
-    def _buckets(self, stack: str, num_layers: int):
-        cfg = self.cfg
-        listed = hash_functions.parse_layer_list(
-            getattr(cfg, f"{stack}_exit_layers"), f"--{stack}-exit-layers"
-        )
-        option = f"--{stack}-exit-layers" if listed else f"--{stack}-exit-min/max/step"
-        return hash_functions.exit_buckets(
-            num_layers,
-            layers=listed,
-            min_layer=getattr(cfg, f"{stack}_exit_min"),
-            max_layer=getattr(cfg, f"{stack}_exit_max"),
-            step=getattr(cfg, f"{stack}_exit_step"),
-            option=option,
-        )
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # fairseq 0.12's batch_by_size drops the last batch when its size is not
@@ -236,15 +203,15 @@ class HashEESummarizationTask(TranslationTask):
     def valid_step(self, sample, model, criterion):
         with flops.measuring(model) as meter:
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        for key in _METER_KEYS:
+        for key in flops.METER_KEYS:
             logging_output[f"hashee_{key}"] = meter.sums.get(key, 0.0)
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
-        if not any("hashee_encoder_flops_full" in log for log in logging_outputs):
+        if not any(f"hashee_{flops.METER_KEYS[0]}" in log for log in logging_outputs):
             return
-        for key in _METER_KEYS:
+        for key in flops.METER_KEYS:
             metrics.log_scalar(f"_hashee_{key}", sum(log.get(f"hashee_{key}", 0.0) for log in logging_outputs))
         _log_derived_speedups()
 
@@ -252,7 +219,7 @@ class HashEESummarizationTask(TranslationTask):
         with flops.measuring(models[0]) as meter:
             hypos = super().inference_step(generator, models, sample, prefix_tokens, constraints)
         with metrics.aggregate(_GENERATION_AGGREGATOR):
-            for key in _METER_KEYS:
+            for key in flops.METER_KEYS:
                 metrics.log_scalar(f"_hashee_{key}", meter.sums.get(key, 0.0))
             _log_derived_speedups()
         if not self._generation_report_registered:
@@ -264,7 +231,7 @@ class HashEESummarizationTask(TranslationTask):
 def _log_derived_speedups():
     def derived(name):
         def compute(meters):
-            sums = {key: meters[f"_hashee_{key}"].sum for key in _METER_KEYS}
+            sums = {key: meters[f"_hashee_{key}"].sum for key in flops.METER_KEYS}
             return flops.speedup_report(sums)[name]
 
         return compute
