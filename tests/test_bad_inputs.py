@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from test_cli import LAYERS, _one_error_line, generate, train
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import build_pair, random_batch, set_exit_impl, tiny_dictionary
+from helpers import build_pair, random_batch, set_exit_impl, tiny_dictionary
 
 ATOL = 1e-5
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import USER_DIR, run_cli
+from helpers import USER_DIR, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from fairseq_hashee.cli.prepare import main, prepare
 from fairseq_hashee.corpora.cnndm import parse_story
 from fairseq_hashee.corpora.records import Record, Skip, Tally, clean, clean_text

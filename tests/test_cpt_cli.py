@@ -15,7 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from conftest import USER_DIR, run_cli  # noqa: E402
+from helpers import USER_DIR, run_cli  # noqa: E402
 from hf_reference import DEC, DIM, SHARED, cpt_reference, save_cpt  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
         for side, column in (("src", 0), ("tgt", 1)):
             raw = "".join(pair[column] + "\n" for pair in pairs).encode("utf-8")
             pieces = subprocess.run(
-                [sys.executable, "-m", "fairseq_hashee.tokenization.wordpiece", "--vocab", hf_dir / "vocab.txt",
+                [sys.executable, "-m", "fairseq_hashee.cli.wordpiece", "--vocab", hf_dir / "vocab.txt",
                  "--prepend", "<s>"], input=raw, capture_output=True, check=True).stdout.decode("utf-8")
             assert "[UNK]" not in pieces
             (text / f"{split}.{side}").write_text(pieces, encoding="utf-8")

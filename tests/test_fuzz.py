@@ -13,7 +13,7 @@ from fairseq.data import Dictionary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_dictionary
+from helpers import tiny_dictionary
 from fairseq_hashee.dictionary_file import check_dictionary_file
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.table_file import ExitTableFile, read_table

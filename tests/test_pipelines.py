@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from fairseq_hashee.cli.prepare import prepare
 from fairseq_hashee.hub_interface import HashEESummarizer
 from tiny_subwords import bert_vocab, byte_bpe

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import USER_DIR
+from helpers import USER_DIR
 
 pytestmark = pytest.mark.slow
 

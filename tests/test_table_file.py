@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_dictionary
+from helpers import run_cli, tiny_dictionary
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.table_file import ExitTableFile, read_table
 

@@ -15,7 +15,7 @@ import pytest
 
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.tokenization import WordPieceTokenizer
-from fairseq_hashee.tokenization.wordpiece import main
+from fairseq_hashee.cli.wordpiece import main
 
 rng = random.Random(20240607)
 
@@ -218,7 +218,7 @@ def test_cli_writes_pieces_and_counts_undecodable_lines(vocab, tmp_path):
 @pytest.mark.slow
 def test_cli_module_entry(vocab):
     proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_hashee.tokenization.wordpiece", "--vocab", str(vocab)],
+        [sys.executable, "-m", "fairseq_hashee.cli.wordpiece", "--vocab", str(vocab)],
         input=CLI_INPUT, capture_output=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
