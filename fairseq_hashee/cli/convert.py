@@ -9,12 +9,19 @@ symbols by GPT-2 id, as fairseq's BART dict.txt and GPT-2 BPE do). OUT_DIR gets 
 --restore-file, with the --reset-* flags) and dict.txt (for fairseq-preprocess
 --srcdict/--tgtdict). The checkpoint carries no exit tables: the
 hashee_summarization task builds them when fine-tuning starts.
+
+model.pt carries no model options either: fairseq-train builds the model from
+its command line, so the printed command is the only way the config's options
+reach it. The converter checks the model that command builds, and refuses a
+config with an option no fairseq-train flag can say (scale_embedding true; in
+CPT, an activation_function other than GELU, which only its decoder reads).
 """
 
 import argparse
 import os
 import sys
 import tempfile
+from typing import List
 
 import torch
 from fairseq.data import Dictionary
@@ -49,27 +56,41 @@ def choose_arch(converted: Converted):
     a = converted.args
     arch = RELEASED.get((converted.family, a["encoder_embed_dim"], a["encoder_layers"], a["decoder_layers"]))
     arch = arch or f"hashee_{converted.family}_base"
+    return arch, arch_overrides(converted, arch)
+
+
+def arch_overrides(converted: Converted, arch: str) -> dict:
     defaults = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[arch](defaults)
-    overrides = {k: v for k, v in a.items() if getattr(defaults, k, None) != v}
-    return arch, overrides
+    return {k: v for k, v in converted.args.items() if getattr(defaults, k, None) != v}
 
 
-def option_flags(overrides) -> str:
+def option_flags(overrides) -> List[str]:
     flags = []
     for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "")
-        else:
-            flags.append(f"{flag} {value}")
-    return " ".join(f for f in flags if f)
+        flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+def model_options(arch: str, flags: List[str]) -> argparse.Namespace:
+    """The model options fairseq-train derives from ``--arch ARCH FLAGS``.
+
+    Parsed as fairseq parses them (the model's own arguments, unset ones left
+    out, then the arch's defaults), so a model built from these is the model
+    the printed command builds, not one built from the converter's own values.
+    """
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS, add_help=False, allow_abbrev=False)
+    ARCH_MODEL_REGISTRY[arch].add_args(parser)
+    args = parser.parse_args(flags)
+    args.arch, args.task = arch, "hashee_summarization"
+    ARCH_CONFIG_REGISTRY[arch](args)
+    return args
 
 
 def build_checked_model(converted: Converted, arch: str, dictionary: Dictionary):
-    """Build the fairseq model and load the converted weights strictly: proof they fit."""
-    args = argparse.Namespace(arch=arch, task="hashee_summarization", **converted.args)
-    ARCH_CONFIG_REGISTRY[arch](args)
+    """Build the fairseq model the printed command describes and load the converted
+    weights strictly: proof they fit (tests check that it computes what the checkpoint did)."""
+    args = model_options(arch, option_flags(arch_overrides(converted, arch)))
     try:
         model = ARCH_MODEL_REGISTRY[arch].build_model(args, _Dictionaries(dictionary))
     except (AssertionError, RuntimeError, ValueError) as err:
@@ -91,6 +112,7 @@ def convert(hf_dir: str, out_dir: str, force: bool = False, gpt2_encoder: str = 
         vocab = gpt2_symbols(vocab, gpt2_encoder)
     converted = convert_state(load_weights(hf_dir), config, vocab, hf_dir)
     arch, overrides = choose_arch(converted)
+    options = " ".join(option_flags(overrides))
 
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -109,13 +131,13 @@ def convert(hf_dir: str, out_dir: str, force: bool = False, gpt2_encoder: str = 
         "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
         "extra_state": {"train_iterator": {"epoch": 1}, "hashee_converted_from": os.path.abspath(hf_dir),
-                        "hashee_arch": arch, "hashee_options": option_flags(overrides)},
+                        "hashee_arch": arch, "hashee_options": options},
         "last_optimizer_state": None,
     }
     with atomic_write(model_path, binary=True) as out:
         torch.save(state, out)
     vocab.write_dict(dict_path)
-    return {"family": converted.family, "arch": arch, "options": option_flags(overrides),
+    return {"family": converted.family, "arch": arch, "options": options,
             "dropped": converted.dropped, "vocab": vocab.kind, "symbols": len(vocab.symbols)}
 
 

@@ -7,8 +7,16 @@ names listed: a converter that guesses would restore a model silently wrong.
 
 Only the generation path is kept: CPT's understanding decoder (the top BERT
 layers) is dropped. Word embeddings, decoder input embeddings and the output
-projection are one matrix in fairseq's BART and in these checkpoints; the
-converter checks that they are equal rather than assuming it.
+projection are one matrix in fairseq's BART and in these checkpoints. A file
+may hold that matrix under every one of its names (``torch.save`` of a state
+dict) or under one only (``safetensors.torch.save_model`` keeps
+``lm_head.weight``, ``save_pretrained`` keeps ``model.shared.weight``); any one
+is enough, and copies that are present must be equal.
+
+Config options that change what the model computes become fairseq model
+options, or the checkpoint is refused naming the option: the fairseq model is
+built from the printed command alone (``model.pt`` carries no options), so an
+option that command cannot say would be lost silently.
 """
 
 import re
@@ -44,7 +52,7 @@ _BART_SUBLAYER = (
 class Converted:
     family: str  # "cpt" or "bart"
     state: Dict[str, Tensor]
-    args: Dict[str, object]  # fairseq model options the weights need
+    args: Dict[str, Union[int, str]]  # fairseq model options the weights need
     dropped: List[str] = field(default_factory=list)
 
 
@@ -87,9 +95,12 @@ def _rules_bart() -> List[Tuple[str, Callable[[re.Match], Target]]]:
 
 
 def detect_family(weights: Dict[str, Tensor], source: str) -> str:
-    if "model.encoder.embeddings.word_embeddings.weight" in weights:
-        return "cpt"
-    if "model.encoder.layers.0.self_attn.q_proj.weight" in weights:
+    """By the encoder's layout: the tied word embeddings may be stored only under
+    a name both families share (``lm_head.weight``, ``model.shared.weight``)."""
+    encoder = [name for name in weights if name.startswith("model.encoder.")]
+    if any(name.startswith(("model.encoder.embeddings.", "model.encoder.encoder.")) for name in encoder):
+        return "cpt"  # a BERT
+    if encoder:
         return "bart"
     sample = ", ".join(sorted(weights)[:5])
     raise HashEEError(f"{source}: neither a CPT nor a BART checkpoint (keys: {sample}, ...)")
@@ -102,11 +113,40 @@ def _config_int(config: dict, key: str, source: str) -> int:
     return value
 
 
-def _activation(config: dict, source: str) -> str:
+def _config_flag(config: dict, key: str, source: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise HashEEError(f"{source}/config.json: {key} is not true or false ({value!r})")
+    return value
+
+
+# Hugging Face activation_function -> the --activation-fn computing the same function.
+# fairseq's "swish" returns the SiLU class instead of applying it, so silu has none.
+_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "relu": "relu",
+    "gelu_new": "gelu_accurate",  # these five are GELU's tanh approximation
+    "gelu_fast": "gelu_accurate",
+    "gelu_accurate": "gelu_accurate",
+    "gelu_pytorch_tanh": "gelu_accurate",
+    "gelu_python_tanh": "gelu_accurate",
+    "tanh": "tanh",
+    "linear": "linear",
+}
+
+
+def _activation(config: dict, family: str, source: str) -> str:
     name = config.get("activation_function", "gelu")
-    if name not in ("gelu", "relu"):
+    if not isinstance(name, str) or name not in _ACTIVATIONS:
         raise HashEEError(f"{source}/config.json: activation_function {name!r} has no fairseq equivalent here")
-    return name
+    if family == "cpt" and _ACTIVATIONS[name] != "gelu":
+        # CPT builds its BERT encoder without hidden_act: GELU whatever the config says.
+        raise HashEEError(
+            f"{source}/config.json: activation_function {name!r} is CPT's decoder's only (its BERT encoder "
+            "stays GELU), and hashee_cpt's --activation-fn sets both stacks"
+        )
+    return _ACTIVATIONS[name]
 
 
 def convert_state(
@@ -116,6 +156,20 @@ def convert_state(
     family = detect_family(weights, source)
     if config.get("add_final_layer_norm") or config.get("normalize_before"):
         raise HashEEError(f"{source}/config.json: pre-LN / final layer norm (mBART-style) is not BART's layout")
+    if _config_flag(config, "scale_embedding", source):
+        # fairseq's --no-scale-embedding can only say "no", and the hashee archs already say it.
+        raise HashEEError(
+            f"{source}/config.json: scale_embedding true (token embeddings times sqrt(d_model)) has no "
+            "fairseq-train option: the hashee archs never scale"
+        )
+    activation = _activation(config, family, source)
+    start = config.get("decoder_start_token_id")
+    eos = int(vocab.order[2])  # the checkpoint id in fairseq's eos slot
+    if isinstance(start, int) and start != eos:
+        raise HashEEError(
+            f"{source}/config.json: decoder_start_token_id {start} is not {eos}, the end-of-sentence "
+            "symbol fairseq always starts decoding from"
+        )
     decoder_layers = _config_int(config, "decoder_layers", source)
     if family == "cpt":
         # CPT's BERT has encoder_layers layers; generation reads the output of
@@ -193,8 +247,7 @@ def convert_state(
         "decoder_attention_heads": _config_int(config, "decoder_attention_heads", source),
         "max_source_positions": state["encoder.embed_positions.weight"].size(0) - 2,
         "max_target_positions": state["decoder.embed_positions.weight"].size(0) - 2,
-        "activation_fn": _activation(config, source),
-        "no_scale_embedding": not config.get("scale_embedding", False),
+        "activation_fn": activation,
     }
     notes = [f"{len(names)} {why} tensors" for why, names in dropped.items()]
     if len(tied) > 1:
