@@ -26,7 +26,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 from .errors import HashEEError
-from .hash_functions import format_exit, parse_exit
+from .hash_functions import format_exit, parse_exit, special_symbol_mask
 from .io_utils import atomic_write
 
 MAGIC = "# fairseq-hashee exit table v1"
@@ -63,7 +63,8 @@ class ExitTableFile:
 
 def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, nspecial: int = 4) -> ExitTableFile:
     """Load a table for ``stack`` of ``num_layers`` layers over the dictionary ``symbols``
-    (whose first ``nspecial`` are fairseq's special symbols, which always run every layer).
+    (whose first ``nspecial`` are fairseq's special symbols; those and every other
+    special-shaped symbol, see ``special_symbol_mask``, must run every layer).
 
     Every problem raises a one-line ``HashEEError`` naming the file (and line).
     """
@@ -117,6 +118,7 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, n
     if trailing:
         raise HashEEError(f"{path}:{body_start + len(symbols) + 1}: unexpected line after the table")
     table = np.empty(len(symbols), dtype=np.int64)
+    special = special_symbol_mask(symbols, nspecial)
     for i, (line, symbol) in enumerate(zip(body, symbols)):
         number = body_start + i + 1
         name, sep, value = line.rpartition("\t")
@@ -126,7 +128,7 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, n
             table[i] = parse_exit(value, num_layers)
         except ValueError as err:
             raise HashEEError(f"{path}:{number}: {err}") from None
-        if i < nspecial and table[i] != num_layers:
+        if special[i] and table[i] != num_layers:
             raise HashEEError(
                 f"{path}:{number}: special symbol {symbol!r} must run all {num_layers} layers, not exit at {value}"
             )

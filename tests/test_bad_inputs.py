@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from helpers import run_cli
+from helpers import USER_DIR, run_cli
 from test_cli import LAYERS, _one_error_line, generate, train
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_table_sending_every_token_to_layer_1(data_bin, tmp_path):
 def test_generation_on_inputs_longer_than_max_positions(data_bin, tmp_path):
     train(data_bin, tmp_path, "--max-update", 1)
     proc = run_cli("fairseq_cli.generate", data_bin, "--path", tmp_path / "checkpoint_last.pt", "--user-dir",
-                   __import__("conftest").USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt",
+                   USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt",
                    "--gen-subset", "test", "--max-source-positions", 8, "--cpu", check=False)
     line = _one_error_line(proc)
     assert "longer than the model's max positions" in line and "--truncate-source" in line

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HashEEError
+from ..hash_functions import special_symbol_mask
 
 
 class ExitTableMixin:
@@ -45,10 +46,10 @@ class ExitTableMixin:
             )
         if table.dtype.is_floating_point or table.dtype == torch.bool:
             raise HashEEError(f"{source}: {self.stack_name} exit table must hold integers, got {table.dtype}")
-        nspecial = self.dictionary.nspecial
-        wrong = (table[:nspecial] != self.num_layers).nonzero()
-        if wrong.numel():
-            bad = int(wrong[0])
+        special = torch.from_numpy(special_symbol_mask(self.dictionary.symbols, self.dictionary.nspecial))
+        wrong = special & (table.cpu() != self.num_layers)
+        if bool(wrong.any()):
+            bad = int(wrong.nonzero()[0])
             raise HashEEError(
                 f"{source}: {self.stack_name} exit table sends special symbol {bad} ({self.dictionary[bad]!r}) "
                 f"to layer {int(table[bad])}; special symbols always run all {self.num_layers} layers"
