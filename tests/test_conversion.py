@@ -32,7 +32,7 @@ from fairseq_hashee.conversion.hf_files import load_config, load_vocab, load_wei
 from fairseq_hashee.conversion.key_mapping import _ACTIVATIONS, convert_state  # noqa: E402
 from fairseq_hashee.conversion.vocabulary import map_vocab  # noqa: E402
 from fairseq_hashee.errors import HashEEError  # noqa: E402
-from hf_reference import BERT_VOCAB, DEC, SHARED  # noqa: E402
+from hf_reference import BERT_VOCAB, DEC, DIM, SHARED  # noqa: E402
 from hf_reference import bart_reference, cpt_logits, cpt_reference, save_cpt  # noqa: E402
 
 ATOL = 1e-4
@@ -264,34 +264,30 @@ def test_bart_activation_reaches_both_stacks(tmp_path, activation, flag):
     assert _bart_gap(reference, vocab, model) < ATOL
 
 
-def test_cpt_activation_is_the_decoders_only(tmp_path):
-    """CPT's BERT encoder is GELU whatever activation_function says; one that is
-    also GELU converts, any other (which hashee_cpt cannot give the decoder alone) is refused."""
-    bert, decoder = cpt_reference(activation_function="gelu_python")
-    report, _, model = _fairseq_model(save_cpt(bert, decoder, tmp_path / "gelu"), tmp_path / "out_gelu")
-    assert "--activation-fn" not in report["options"]
+@pytest.mark.parametrize("activation, flag", [("gelu_python", None), ("relu", "relu"), ("gelu_new", "gelu_accurate")])
+def test_cpt_activation_is_the_decoders_only(tmp_path, activation, flag):
+    """CPT's BERT encoder is GELU whatever activation_function says; the decoder follows it."""
+    bert, decoder = cpt_reference(activation_function=activation)
+    report, _, model = _fairseq_model(save_cpt(bert, decoder, tmp_path / "cpt"), tmp_path / "out")
+    assert (f"--activation-fn {flag}" in report["options"]) if flag else ("--activation-fn" not in report["options"])
     assert max(_cpt_gaps(bert, decoder, model)) < ATOL
-
-    hf_dir = save_cpt(*cpt_reference(activation_function="relu"), tmp_path / "relu")
-    with pytest.raises(HashEEError, match=r"activation_function 'relu' is CPT's decoder's only") as err:
-        convert(str(hf_dir), str(tmp_path / "out_relu"))
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "out_relu").exists()
 
 
 @pytest.mark.parametrize("family", ["cpt", "bart"])
-def test_scale_embedding_is_refused(tmp_path, family):
-    """fairseq-train cannot be told to scale embeddings for a hashee arch; a
-    checkpoint that needs it is refused rather than fine-tuned unscaled."""
+def test_scale_embedding_reaches_the_model(tmp_path, family):
+    """scale_embedding: true scales BART's token embeddings in both stacks and CPT's
+    in its decoder (BERT's embedding never scales): printed as --scale-embedding."""
     if family == "cpt":
-        hf_dir = save_cpt(*cpt_reference(scale_embedding=True), tmp_path / "cpt")
+        bert, decoder = cpt_reference(scale_embedding=True)
+        hf_dir = save_cpt(bert, decoder, tmp_path / "cpt")
     else:
-        _, hf_dir, _ = bart_reference(tmp_path / "bart", scale_embedding=True)
+        reference, hf_dir, vocab = bart_reference(tmp_path / "bart", scale_embedding=True)
     assert json.loads((hf_dir / "config.json").read_text())["scale_embedding"] is True
-    with pytest.raises(HashEEError, match="scale_embedding true") as err:
-        convert(str(hf_dir), str(tmp_path / "out"))
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "out").exists()
+    report, _, model = _fairseq_model(hf_dir, tmp_path / "out")
+    assert "--scale-embedding" in report["options"].split()
+    assert model.decoder.embed_scale == pytest.approx(DIM**0.5)
+    gap = max(_cpt_gaps(bert, decoder, model)) if family == "cpt" else _bart_gap(reference, vocab, model)
+    assert gap < ATOL
 
 
 def _printed_command_model(hf_dir, tmp_path, capsys):
@@ -320,6 +316,8 @@ def _printed_command_model(hf_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("family, config", [
     ("cpt", {}),
+    ("cpt", {"activation_function": "relu", "scale_embedding": True}),
+    ("bart", {"scale_embedding": True}),
     ("bart", {"activation_function": "relu"}),
     ("bart", {"activation_function": "gelu_new", "decoder_attention_heads": 4}),
 ])

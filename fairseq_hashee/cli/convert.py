@@ -12,9 +12,9 @@ hashee_summarization task builds them when fine-tuning starts.
 
 model.pt carries no model options either: fairseq-train builds the model from
 its command line, so the printed command is the only way the config's options
-reach it. The converter checks the model that command builds, and refuses a
-config with an option no fairseq-train flag can say (scale_embedding true; in
-CPT, an activation_function other than GELU, which only its decoder reads).
+reach it (``--activation-fn``, ``--scale-embedding`` and sizes that differ
+from the arch's). The converter checks the model that command builds, and
+refuses a config with an option no flag can say.
 """
 
 import argparse
@@ -66,9 +66,14 @@ def arch_overrides(converted: Converted, arch: str) -> dict:
 
 
 def option_flags(overrides) -> List[str]:
+    """Command-line flags of option values; a boolean is a switch (False is the archs' default)."""
     flags = []
     for key, value in overrides.items():
-        flags += ["--" + key.replace("_", "-"), str(value)]
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
     return flags
 
 

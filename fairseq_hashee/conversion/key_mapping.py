@@ -136,16 +136,12 @@ _ACTIVATIONS = {
 }
 
 
-def _activation(config: dict, family: str, source: str) -> str:
+def _activation(config: dict, source: str) -> str:
+    """The --activation-fn of activation_function: both stacks of BART, CPT's decoder only
+    (CPT builds its BERT encoder without one: GELU, which hashee_cpt's encoder keeps)."""
     name = config.get("activation_function", "gelu")
     if not isinstance(name, str) or name not in _ACTIVATIONS:
         raise HashEEError(f"{source}/config.json: activation_function {name!r} has no fairseq equivalent here")
-    if family == "cpt" and _ACTIVATIONS[name] != "gelu":
-        # CPT builds its BERT encoder without hidden_act: GELU whatever the config says.
-        raise HashEEError(
-            f"{source}/config.json: activation_function {name!r} is CPT's decoder's only (its BERT encoder "
-            "stays GELU), and hashee_cpt's --activation-fn sets both stacks"
-        )
     return _ACTIVATIONS[name]
 
 
@@ -156,13 +152,10 @@ def convert_state(
     family = detect_family(weights, source)
     if config.get("add_final_layer_norm") or config.get("normalize_before"):
         raise HashEEError(f"{source}/config.json: pre-LN / final layer norm (mBART-style) is not BART's layout")
-    if _config_flag(config, "scale_embedding", source):
-        # fairseq's --no-scale-embedding can only say "no", and the hashee archs already say it.
-        raise HashEEError(
-            f"{source}/config.json: scale_embedding true (token embeddings times sqrt(d_model)) has no "
-            "fairseq-train option: the hashee archs never scale"
-        )
-    activation = _activation(config, family, source)
+    # Scales BART's token embeddings in both stacks, CPT's in its decoder only
+    # (its BERT embedding never scales), as hashee_cpt's --scale-embedding does.
+    scale_embedding = _config_flag(config, "scale_embedding", source)
+    activation = _activation(config, source)
     start = config.get("decoder_start_token_id")
     eos = int(vocab.order[2])  # the checkpoint id in fairseq's eos slot
     if isinstance(start, int) and start != eos:
@@ -248,6 +241,7 @@ def convert_state(
         "max_source_positions": state["encoder.embed_positions.weight"].size(0) - 2,
         "max_target_positions": state["decoder.embed_positions.weight"].size(0) - 2,
         "activation_fn": activation,
+        "scale_embedding": scale_embedding,
     }
     notes = [f"{len(names)} {why} tensors" for why, names in dropped.items()]
     if len(tied) > 1:

@@ -55,6 +55,12 @@ class HashEEBARTModel(BARTModel):
             "(default); 'masked' computes every token and discards exited updates "
             "(slow reference for tests)",
         )
+        parser.add_argument(
+            "--scale-embedding",
+            action="store_true",
+            help="multiply token embeddings by sqrt(embed dim) (Hugging Face scale_embedding: true); "
+            "fairseq's BART archs never do, and --no-scale-embedding can only say no",
+        )
 
     @classmethod
     def build_model(cls, args, task):
@@ -120,6 +126,12 @@ class HashEEBARTModel(BARTModel):
 
 def _hashee_defaults(args):
     args.exit_impl = getattr(args, "exit_impl", "skip")
+    args.scale_embedding = getattr(args, "scale_embedding", False)
+    if args.scale_embedding:
+        if getattr(args, "no_scale_embedding", False):
+            raise HashEEError("--scale-embedding and --no-scale-embedding contradict each other")
+        # Before fairseq's BART defaults, which would set "no scaling".
+        args.no_scale_embedding = False
 
 
 @register_model_architecture("hashee_bart", "hashee_bart_large")

@@ -7,13 +7,17 @@ terms the generation path is BART with another source embedding:
 
 - the encoder adds word, absolute position and token-type embeddings (CPT feeds
   token type 1 to every position) and normalizes them, then runs post-LN
-  layers with GELU; BERT's layer norms use eps 1e-12;
-- the decoder is BART's, sharing the word embeddings, with no embedding scale.
+  layers with GELU whatever the config's activation (CPT builds its BERT
+  without one); BERT's layer norms use eps 1e-12;
+- the decoder is BART's, sharing the word embeddings; ``--activation-fn`` and
+  ``--scale-embedding`` reach it alone.
 
 So the model subclasses HashEE BART and replaces only the encoder's embedding.
 ``scripts/convert_hf_checkpoint.py`` turns a released Hugging Face CPT
 checkpoint into this model's parameters (fairseq names).
 """
+
+import copy
 
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig
@@ -23,6 +27,7 @@ from .hashee_bart import HashEEBARTModel, hashee_bart_large_architecture
 from .hashee_transformer import HashEEEncoder
 
 BERT_LAYER_NORM_EPS = 1e-12
+BERT_ACTIVATION = "gelu"
 # CPT calls its BERT encoder with token_type_ids = 1 everywhere.
 CPT_TOKEN_TYPE = 1
 BERT_TOKEN_TYPES = 2
@@ -53,7 +58,10 @@ class HashEECPTEncoder(HashEEEncoder):
 class HashEECPTModel(HashEEBARTModel):
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return HashEECPTEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens, args.exit_impl)
+        # A copy: fairseq hands the encoder and the decoder one config object.
+        cfg = copy.copy(TransformerConfig.from_namespace(args))
+        cfg.activation_fn = BERT_ACTIVATION
+        return HashEECPTEncoder(cfg, src_dict, embed_tokens, args.exit_impl)
 
 
 def _cpt_defaults(args, layers: int, decoder_layers: int, dim: int, heads: int):
