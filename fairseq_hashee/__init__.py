@@ -1,9 +1,17 @@
 """fairseq-hashee: hash-based early exiting (HashEE, Sun et al. 2022) for fairseq.
 
 Load with ``--user-dir fairseq_hashee``; importing the package registers the
-``hashee_bart`` model and the ``hashee_summarization`` task, and lets fairseq
-load its own checkpoints under torch's restricted unpickler, and reports
-bad input as one line (errors.py).
+``hashee_bart`` and ``hashee_cpt`` models and the ``hashee_summarization``
+task, and lets fairseq load its own checkpoints under torch's restricted
+unpickler (checkpoints.py).
+
+It also installs a ``sys.excepthook`` that prints our input errors
+(``HashEEError``) as one ``error:`` line instead of a traceback (errors.py).
+That has to happen at import: ``fairseq-train``/``fairseq-generate`` are
+fairseq's console scripts, and importing the user dir is the only code of ours
+they run before a bad option or table is found. The hook passes every other
+exception to the previous hook unchanged, and only ever affects uncaught
+exceptions.
 """
 
 from .checkpoints import allow_fairseq_checkpoint_globals

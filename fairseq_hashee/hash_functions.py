@@ -1,4 +1,4 @@
-"""Token -> exit-layer hash functions (HashEE, DESIGN.md section 2).
+"""Token -> exit-layer hash functions (HashEE, docs/design.md section 2).
 
 A table maps every vocabulary id to the layer (1..L) after which that token is
 no longer updated. Every function here is a pure function of its inputs (token

@@ -34,8 +34,35 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
     # the sweep's single-bucket setting (every token at the last layer) saves nothing
     assert [s["buckets"] for s in result["sweep"]] == ["1,2,3", "3"]
     assert result["sweep"][1]["flops_speedup"] == 1.0 < result["sweep"][0]["flops_speedup"]
+    # each target is judged by its own value and bound, and printed as judged
+    for check in result["targets"]:
+        op, bound = check["want"].split()[:2]
+        assert check["met"] == (check["value"] <= float(bound) if op == "<=" else check["value"] >= float(bound))
     printed = capsys.readouterr().out
-    assert "HashEE, enc+dec exits" in printed and ("MET" in printed or "MISS" in printed)
+    assert "HashEE, enc+dec exits" in printed
+    for check in result["targets"]:
+        verdict = "MET " if check["met"] else "MISS"
+        assert f"{verdict}  {check['target']}: {check['value']:.3f} (want {check['want']})" in printed
+
+
+def test_targets_are_met_or_missed_by_their_bounds():
+    def row(kind, config, wall=1.0, eff=1.0, memory=10.0):
+        return {"kind": kind, "config": config, "src_len": 8, "batch": 1, "wall_speedup": wall,
+                "efficiency": eff, "peak_memory_mib": memory}
+
+    rows = [row("encoder", benchmark.STOCK), row("encoder", benchmark.NO_EXITS, wall=0.95),
+            row("encoder", benchmark.ENC_EXITS, eff=0.85), row("encoder", benchmark.ALL_EXITS, memory=11.5),
+            row("generate", benchmark.STOCK), row("generate", benchmark.NO_EXITS, wall=1.01),
+            row("generate", benchmark.ALL_EXITS, eff=0.81, memory=10.5)]
+    verdicts = {c["target"].split(" (")[0]: (round(c["value"], 3), c["met"]) for c in benchmark.check_targets(rows)}
+    assert verdicts == {
+        "no-exit overhead, encoder": (round(1 / 0.95, 3), False),
+        "no-exit overhead, generate": (round(1 / 1.01, 3), True),
+        "peak memory, encoder": (1.5, False),
+        "peak memory, generate": (0.5, True),
+        "encoder efficiency": (0.85, False),
+        "generation efficiency, enc+dec exits": (0.81, True),
+    }
 
 
 def test_same_outputs_for_stock_and_hashee_without_exits():
