@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast demo clean
+.PHONY: install lint test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,12 @@ $(VENV)/.installed: setup.py
 	$(BIN)/python -c "import fairseq, fairseq_hashee"
 	touch $@
 
-test: install
+# ruff.toml: pyflakes, pycodestyle, import order and the formatter's layout.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest tests
 
 test-fast: install

@@ -45,6 +45,7 @@ def load_model_state(path: str) -> Dict[str, torch.Tensor]:
 
 def describe_shape(state: Mapping[str, torch.Tensor]) -> str:
     """'6+6 layers, dim 768, 50265 symbols' (or what of it the state dict shows)."""
+
     def layers(stack):
         return len({key.split(".")[2] for key in state if key.startswith(f"{stack}.layers.")})
 

@@ -49,15 +49,11 @@ def exit_buckets(
         if step < 1:
             raise HashEEError(f"{option}: step must be >= 1, got {step}")
         if min_layer > max_layer:
-            raise HashEEError(
-                f"{option}: min layer {min_layer} is above max layer {max_layer}"
-            )
+            raise HashEEError(f"{option}: min layer {min_layer} is above max layer {max_layer}")
         buckets = list(range(min_layer, max_layer + 1, step))
     bad = [b for b in buckets if not 1 <= b <= num_layers]
     if bad:
-        raise HashEEError(
-            f"{option}: exit layer(s) {bad} outside the stack's layers 1..{num_layers}"
-        )
+        raise HashEEError(f"{option}: exit layer(s) {bad} outside the stack's layers 1..{num_layers}")
     return buckets
 
 
@@ -68,9 +64,7 @@ def parse_layer_list(text: Optional[str], option: str) -> Optional[List[int]]:
     try:
         return [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
     except ValueError:
-        raise HashEEError(
-            f"{option}: expected a comma-separated list of layers, got {text!r}"
-        ) from None
+        raise HashEEError(f"{option}: expected a comma-separated list of layers, got {text!r}") from None
 
 
 def special_symbol_mask(symbols: Iterable[str], nspecial: int) -> np.ndarray:
@@ -132,18 +126,14 @@ def random_table(
     return np.where(hashable, draws, num_layers).astype(np.int64)
 
 
-def random_incons_table(
-    counts: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int
-) -> np.ndarray:
+def random_incons_table(counts: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int) -> np.ndarray:
     """Every occurrence of a seen, non-special type draws its own bucket (the paper's
     inconsistent ablation): the table holds the draw set, the stack draws."""
     hashable = (counts > 0) & ~special
     return np.where(hashable, exit_entry(buckets), num_layers).astype(np.int64)
 
 
-def frequency_table(
-    counts: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int
-) -> np.ndarray:
+def frequency_table(counts: np.ndarray, special: np.ndarray, buckets: Sequence[int], num_layers: int) -> np.ndarray:
     """Most frequent types exit earliest, in groups of equal type count."""
     table = np.full(len(counts), num_layers, dtype=np.int64)
     hashable = np.flatnonzero((counts > 0) & ~special)
@@ -164,8 +154,12 @@ def mutual_information(counts: np.ndarray, labeled: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros_like(n)
     # The 2x2 table of (is v, label) per type, and its margins.
-    cells = [(k, n, positives), (n - k, n, total - positives),
-             (positives - k, total - n, positives), (total - n - positives + k, total - n, total - positives)]
+    cells = [
+        (k, n, positives),
+        (n - k, n, total - positives),
+        (positives - k, total - n, positives),
+        (total - n - positives + k, total - n, total - positives),
+    ]
     mi = np.zeros_like(n)
     for joint, row, col in cells:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -271,6 +265,4 @@ def build_table(
         if embeddings is None or len(embeddings) != len(stats.counts):
             raise HashEEError("the cluster hash needs the model's token-embedding matrix, one row per symbol")
         return cluster_table(embeddings, stats.counts, special, buckets, num_layers, seed)
-    raise HashEEError(
-        f"unknown hash type {hash_type!r}; expected one of {', '.join(HASH_TYPES)}"
-    )
+    raise HashEEError(f"unknown hash type {hash_type!r}; expected one of {', '.join(HASH_TYPES)}")

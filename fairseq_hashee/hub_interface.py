@@ -49,9 +49,15 @@ class HashEESummarizer(GeneratorHubInterface):
         self.subwords = subwords
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, checkpoint_file: str = "checkpoint_best.pt",
-                        data_name_or_path: str = ".", subwords_dir: Optional[str] = None,
-                        subwords: Optional[str] = None, **overrides) -> "HashEESummarizer":
+    def from_pretrained(
+        cls,
+        model_dir: str,
+        checkpoint_file: str = "checkpoint_best.pt",
+        data_name_or_path: str = ".",
+        subwords_dir: Optional[str] = None,
+        subwords: Optional[str] = None,
+        **overrides,
+    ) -> "HashEESummarizer":
         """Load ``model_dir/checkpoint_file``.
 
         ``data_name_or_path``: the folder with the dictionaries (fairseq's
@@ -78,8 +84,16 @@ class HashEESummarizer(GeneratorHubInterface):
         # Dictionary.string drops <s> and </s>; <unk> stays visible.
         return self.subwords.text(self.tgt_dict.string(tokens).split())
 
-    def summarize(self, documents: Sequence[str], beam: int = 4, lenpen: float = 1.0, max_len_b: int = 200,
-                  min_len: int = 1, no_repeat_ngram_size: int = 0, **generation) -> Summaries:
+    def summarize(
+        self,
+        documents: Sequence[str],
+        beam: int = 4,
+        lenpen: float = 1.0,
+        max_len_b: int = 200,
+        min_len: int = 1,
+        no_repeat_ngram_size: int = 0,
+        **generation,
+    ) -> Summaries:
         """Beam-search summaries of ``documents`` (in order) and the FLOPs speed-up of computing them.
 
         Other keyword arguments are fairseq generation options (max_len_a, unkpen, ...).
@@ -91,8 +105,14 @@ class HashEESummarizer(GeneratorHubInterface):
         encoded = [self._encode(document) for document in documents]
         gen_args = copy.deepcopy(self.cfg.generation)
         with open_dict(gen_args):
-            options = dict(beam=beam, lenpen=lenpen, max_len_b=max_len_b, min_len=min_len,
-                           no_repeat_ngram_size=no_repeat_ngram_size, **generation)
+            options = dict(
+                beam=beam,
+                lenpen=lenpen,
+                max_len_b=max_len_b,
+                min_len=min_len,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                **generation,
+            )
             for key, value in options.items():
                 setattr(gen_args, key, value)
         generator = self.task.build_generator(self.models, gen_args)
@@ -104,5 +124,8 @@ class HashEESummarizer(GeneratorHubInterface):
                 batch = utils.apply_to_sample(lambda t: t.to(self.device), batch)
                 for index, hypos in zip(batch["id"].tolist(), generator.generate(self.models, batch)):
                     summaries[index] = self.decode(hypos[0]["tokens"])
-        return Summaries([summaries[i] for i in range(len(documents))], flops.speedup_report(meter.sums),
-                         sum(cut for _, cut in encoded))
+        return Summaries(
+            [summaries[i] for i in range(len(documents))],
+            flops.speedup_report(meter.sums),
+            sum(cut for _, cut in encoded),
+        )

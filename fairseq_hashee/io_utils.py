@@ -16,7 +16,7 @@ def atomic_write(path: str, encoding: str = "utf-8", binary: bool = False) -> It
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
     try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)) as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding) as handle:
             yield handle
         os.replace(tmp, path)
     except BaseException:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_hashee.cli.sample_data import docstring_pairs
+
 from helpers import run_cli
 
 
@@ -29,9 +30,22 @@ def data_bin(text_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("data-bin")
     run_cli(
         "fairseq_cli.preprocess",
-        "--source-lang", "src", "--target-lang", "tgt",
-        "--trainpref", text_corpus / "train", "--validpref", text_corpus / "valid",
-        "--testpref", text_corpus / "test",
-        "--joined-dictionary", "--nwordssrc", "400", "--destdir", out, "--workers", "1",
+        "--source-lang",
+        "src",
+        "--target-lang",
+        "tgt",
+        "--trainpref",
+        text_corpus / "train",
+        "--validpref",
+        text_corpus / "valid",
+        "--testpref",
+        text_corpus / "test",
+        "--joined-dictionary",
+        "--nwordssrc",
+        "400",
+        "--destdir",
+        out,
+        "--workers",
+        "1",
     )
     return out

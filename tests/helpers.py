@@ -28,11 +28,15 @@ VOCAB = 48
 # (device, dtype, tolerance) the exit paths are checked in: fp32 to 1e-5, half
 # precision to 1e-2 (bf16 keeps 8 bits of mantissa; the tiny models' logits
 # are below 1), on the GPU too when there is one.
-PRECISIONS = [pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32"),
-              pytest.param("cpu", torch.bfloat16, 1e-2, id="cpu-bf16")]
+PRECISIONS = [
+    pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32"),
+    pytest.param("cpu", torch.bfloat16, 1e-2, id="cpu-bf16"),
+]
 if torch.cuda.is_available():
-    PRECISIONS += [pytest.param("cuda", dtype, 1e-2, id=f"cuda-{name}")
-                   for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))]
+    PRECISIONS += [
+        pytest.param("cuda", dtype, 1e-2, id=f"cuda-{name}")
+        for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))
+    ]
 
 
 def tiny_dictionary(size: int = VOCAB) -> Dictionary:

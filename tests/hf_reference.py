@@ -17,8 +17,11 @@ from transformers.models.bart.modeling_bart import BartDecoder
 
 DIM, HEADS, FFN, MAX_POS = 16, 2, 32, 64
 SHARED, DEC = 2, 1  # 2 shared encoder layers, 1 decoder layer (and 1 understanding-decoder layer)
-BERT_VOCAB = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("的一是在不了有和人这中大为上个国我以要他") + [
-    "the", "##s", "new", "a"]
+BERT_VOCAB = (
+    ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list("的一是在不了有和人这中大为上个国我以要他")
+    + ["the", "##s", "new", "a"]
+)
 ENGLISH_BART_VOCAB = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(30)] + ["<mask>"]
 
 
@@ -27,8 +30,9 @@ def randomize(module, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            is_gain = name.lower().replace("_", "").endswith(("layernorm.weight", "layernormembedding.weight")) \
-                or name.endswith("layer_norm.weight")
+            is_gain = name.lower().replace("_", "").endswith(
+                ("layernorm.weight", "layernormembedding.weight")
+            ) or name.endswith("layer_norm.weight")
             p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if is_gain else 0.3) + (1.0 if is_gain else 0.0))
     return module.eval()
 
@@ -37,23 +41,54 @@ def cpt_reference(seed=0, symbols=BERT_VOCAB, **decoder_options):
     """A tiny random CPT: BERT and a BART decoder (``decoder_options``: BartConfig
     options such as activation_function) sharing one word-embedding parameter."""
     vocab = len(symbols)
-    bert = randomize(BertModel(BertConfig(
-        vocab_size=vocab, hidden_size=DIM, num_hidden_layers=SHARED + DEC, num_attention_heads=HEADS,
-        intermediate_size=FFN, max_position_embeddings=MAX_POS, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0), add_pooling_layer=False), seed)
-    decoder = randomize(BartDecoder(BartConfig(
-        vocab_size=vocab, d_model=DIM, decoder_layers=DEC, decoder_attention_heads=HEADS, decoder_ffn_dim=FFN,
-        max_position_embeddings=MAX_POS, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        pad_token_id=0, **{"scale_embedding": False, **decoder_options})), seed + 1)
+    bert = randomize(
+        BertModel(
+            BertConfig(
+                vocab_size=vocab,
+                hidden_size=DIM,
+                num_hidden_layers=SHARED + DEC,
+                num_attention_heads=HEADS,
+                intermediate_size=FFN,
+                max_position_embeddings=MAX_POS,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            ),
+            add_pooling_layer=False,
+        ),
+        seed,
+    )
+    decoder = randomize(
+        BartDecoder(
+            BartConfig(
+                vocab_size=vocab,
+                d_model=DIM,
+                decoder_layers=DEC,
+                decoder_attention_heads=HEADS,
+                decoder_ffn_dim=FFN,
+                max_position_embeddings=MAX_POS,
+                dropout=0.0,
+                attention_dropout=0.0,
+                activation_dropout=0.0,
+                pad_token_id=0,
+                **{"scale_embedding": False, **decoder_options},
+            )
+        ),
+        seed + 1,
+    )
     decoder.embed_tokens.weight = bert.embeddings.word_embeddings.weight
     return bert, decoder
 
 
 def cpt_logits(bert, decoder, input_ids, attention_mask, decoder_input_ids):
-    hidden = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.ones_like(input_ids),
-                  output_hidden_states=True).hidden_states[-DEC - 1]
-    out = decoder(input_ids=decoder_input_ids, encoder_hidden_states=hidden,
-                  encoder_attention_mask=attention_mask).last_hidden_state
+    hidden = bert(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=torch.ones_like(input_ids),
+        output_hidden_states=True,
+    ).hidden_states[-DEC - 1]
+    out = decoder(
+        input_ids=decoder_input_ids, encoder_hidden_states=hidden, encoder_attention_mask=attention_mask
+    ).last_hidden_state
     return hidden, out @ bert.embeddings.word_embeddings.weight.t()
 
 
@@ -77,8 +112,10 @@ def save_weights(module, path, fmt):
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()},
-                  str(path / "model.safetensors"))
+        save_file(
+            {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()},
+            str(path / "model.safetensors"),
+        )
     else:
         from safetensors.torch import save_model
 
@@ -89,12 +126,21 @@ def save_cpt(bert, decoder, path, fmt="bin", symbols=BERT_VOCAB):
     """The weights under the released CPT key names, with config.json and vocab.txt."""
     path.mkdir()
     save_weights(_cpt_module(bert, decoder), path, fmt)
-    config = {"architectures": ["CPTForConditionalGeneration"], "model_type": "cpt", "vocab_size": len(symbols),
-              "d_model": DIM, "encoder_layers": SHARED + DEC, "decoder_layers": DEC,
-              "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS, "encoder_ffn_dim": FFN,
-              "decoder_ffn_dim": FFN, "max_position_embeddings": MAX_POS,
-              "activation_function": decoder.config.activation_function,
-              "scale_embedding": decoder.config.scale_embedding}
+    config = {
+        "architectures": ["CPTForConditionalGeneration"],
+        "model_type": "cpt",
+        "vocab_size": len(symbols),
+        "d_model": DIM,
+        "encoder_layers": SHARED + DEC,
+        "decoder_layers": DEC,
+        "encoder_attention_heads": HEADS,
+        "decoder_attention_heads": HEADS,
+        "encoder_ffn_dim": FFN,
+        "decoder_ffn_dim": FFN,
+        "max_position_embeddings": MAX_POS,
+        "activation_function": decoder.config.activation_function,
+        "scale_embedding": decoder.config.scale_embedding,
+    }
     (path / "config.json").write_text(json.dumps(config))
     (path / "vocab.txt").write_text("".join(s + "\n" for s in symbols), encoding="utf-8")
     return path
@@ -110,10 +156,25 @@ def bart_reference(path, seed=0, chinese=False, fmt=None, **options):
     vocab = BERT_VOCAB if chinese else ENGLISH_BART_VOCAB
     pad, bos, eos = (vocab.index("[PAD]"), vocab.index("[CLS]"), vocab.index("[SEP]")) if chinese else (1, 0, 2)
     config = dict(
-        vocab_size=len(vocab), d_model=DIM, encoder_layers=2, decoder_layers=2, encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, max_position_embeddings=MAX_POS,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=pad, bos_token_id=bos,
-        eos_token_id=eos, decoder_start_token_id=eos, forced_bos_token_id=None, forced_eos_token_id=None)
+        vocab_size=len(vocab),
+        d_model=DIM,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=FFN,
+        decoder_ffn_dim=FFN,
+        max_position_embeddings=MAX_POS,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        decoder_start_token_id=eos,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    )
     model = randomize(BartForConditionalGeneration(BartConfig(**{**config, **options})), seed)
     with torch.no_grad():
         model.final_logits_bias.zero_()

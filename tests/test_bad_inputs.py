@@ -6,9 +6,9 @@ hash type, are in test_cli.py.)"""
 import shutil
 
 import pytest
+from test_cli import LAYERS, _one_error_line, generate, train
 
 from helpers import USER_DIR, run_cli
-from test_cli import LAYERS, _one_error_line, generate, train
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,14 @@ def _rewrite_line(path, number, new):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: _rewrite_line(d / "dict.src.txt", 3, b"word-without-count"),
-         "dict.src.txt:3: expected '<symbol> <count> [#fairseq:overwrite]', got 'word-without-count'"),
-        (lambda d: _rewrite_line(d / "dict.src.txt", 5, (d / "dict.src.txt").read_bytes().split(b"\n")[1]),
-         "dict.src.txt:5: symbol"),
+        (
+            lambda d: _rewrite_line(d / "dict.src.txt", 3, b"word-without-count"),
+            "dict.src.txt:3: expected '<symbol> <count> [#fairseq:overwrite]', got 'word-without-count'",
+        ),
+        (
+            lambda d: _rewrite_line(d / "dict.src.txt", 5, (d / "dict.src.txt").read_bytes().split(b"\n")[1]),
+            "dict.src.txt:5: symbol",
+        ),
         (lambda d: _rewrite_line(d / "dict.tgt.txt", 2, b"caf\xe9 12"), "dict.tgt.txt:2: not UTF-8"),
         (lambda d: (d / "dict.src.txt").write_text(""), "dict.src.txt: the dictionary has no symbols"),
     ],
@@ -86,9 +90,26 @@ def test_table_sending_every_token_to_layer_1(data_bin, tmp_path):
 
 def test_generation_on_inputs_longer_than_max_positions(data_bin, tmp_path):
     train(data_bin, tmp_path, "--max-update", 1)
-    proc = run_cli("fairseq_cli.generate", data_bin, "--path", tmp_path / "checkpoint_last.pt", "--user-dir",
-                   USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt",
-                   "--gen-subset", "test", "--max-source-positions", 8, "--cpu", check=False)
+    proc = run_cli(
+        "fairseq_cli.generate",
+        data_bin,
+        "--path",
+        tmp_path / "checkpoint_last.pt",
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "hashee_summarization",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--gen-subset",
+        "test",
+        "--max-source-positions",
+        8,
+        "--cpu",
+        check=False,
+    )
     line = _one_error_line(proc)
     assert "longer than the model's max positions" in line and "--truncate-source" in line
     # ... and with --truncate-source the same run decodes every example
@@ -100,9 +121,23 @@ def test_empty_test_split(data_bin, text_corpus, tmp_path):
     (tmp_path / "empty.src").write_text("")
     (tmp_path / "empty.tgt").write_text("")
     empty_bin = tmp_path / "bin"
-    run_cli("fairseq_cli.preprocess", "-s", "src", "-t", "tgt", "--testpref", tmp_path / "empty",
-            "--srcdict", data_bin / "dict.src.txt", "--tgtdict", data_bin / "dict.tgt.txt",
-            "--destdir", empty_bin, "--workers", 1)
+    run_cli(
+        "fairseq_cli.preprocess",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--testpref",
+        tmp_path / "empty",
+        "--srcdict",
+        data_bin / "dict.src.txt",
+        "--tgtdict",
+        data_bin / "dict.tgt.txt",
+        "--destdir",
+        empty_bin,
+        "--workers",
+        1,
+    )
     train(data_bin, tmp_path / "ckpt", "--max-update", 1)
     line = _one_error_line(generate(empty_bin, tmp_path / "ckpt" / "checkpoint_last.pt", check=False))
     assert f"{empty_bin}: split 'test' (src-tgt) has no examples" in line
@@ -111,9 +146,24 @@ def test_empty_test_split(data_bin, text_corpus, tmp_path):
 def test_checkpoint_of_another_vocabulary_names_both_sizes(data_bin, text_corpus, tmp_path):
     train(data_bin, tmp_path / "ckpt", "--max-update", 1)
     other = tmp_path / "other"
-    run_cli("fairseq_cli.preprocess", "-s", "src", "-t", "tgt", "--trainpref", text_corpus / "train",
-            "--testpref", text_corpus / "test", "--joined-dictionary", "--nwordssrc", "100",
-            "--destdir", other, "--workers", 1)
+    run_cli(
+        "fairseq_cli.preprocess",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--trainpref",
+        text_corpus / "train",
+        "--testpref",
+        text_corpus / "test",
+        "--joined-dictionary",
+        "--nwordssrc",
+        "100",
+        "--destdir",
+        other,
+        "--workers",
+        1,
+    )
     line = _one_error_line(generate(other, tmp_path / "ckpt" / "checkpoint_last.pt", check=False))
     assert "symbols) does not fit HashEEBARTModel" in line
     assert "104 symbols" in line

@@ -4,15 +4,36 @@ import json
 
 from fairseq_hashee.cli import benchmark
 
-TINY = ("encoder_layers=3,decoder_layers=3,encoder_embed_dim=32,decoder_embed_dim=32,encoder_ffn_embed_dim=64,"
-        "decoder_ffn_embed_dim=64,encoder_attention_heads=4,decoder_attention_heads=4")
+TINY = (
+    "encoder_layers=3,decoder_layers=3,encoder_embed_dim=32,decoder_embed_dim=32,encoder_ffn_embed_dim=64,"
+    "decoder_ffn_embed_dim=64,encoder_attention_heads=4,decoder_attention_heads=4"
+)
 
 
 def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--model-args", TINY, "--vocab-size", "300", "--src-len", "24", "--batch-size", "1,2",
-                    "--gen-src-len", "16", "--tgt-len", "5", "--repeats", "1", "--sweep", "1,2,3;3",
-                    "--json", str(out)])
+    benchmark.main(
+        [
+            "--model-args",
+            TINY,
+            "--vocab-size",
+            "300",
+            "--src-len",
+            "24",
+            "--batch-size",
+            "1,2",
+            "--gen-src-len",
+            "16",
+            "--tgt-len",
+            "5",
+            "--repeats",
+            "1",
+            "--sweep",
+            "1,2,3;3",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     configs = [r["config"] for r in result["rows"]]
     assert configs.count(benchmark.STOCK) == 3 and configs.count(benchmark.ALL_EXITS) == 3
@@ -28,8 +49,13 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
     no_exit_rows = [r for r in result["rows"] if r["config"] == benchmark.NO_EXITS]
     assert overheads == [1.0 / r["wall_speedup"] for r in no_exit_rows]
     names = " ".join(c["target"] for c in result["targets"])
-    for target in ("no-exit overhead, encoder", "no-exit overhead, generate", "encoder efficiency",
-                   "generation efficiency", "peak memory"):
+    for target in (
+        "no-exit overhead, encoder",
+        "no-exit overhead, generate",
+        "encoder efficiency",
+        "generation efficiency",
+        "peak memory",
+    ):
         assert target in names
     # the sweep's single-bucket setting (every token at the last layer) saves nothing
     assert [s["buckets"] for s in result["sweep"]] == ["1,2,3", "3"]
@@ -47,13 +73,25 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
 
 def test_targets_are_met_or_missed_by_their_bounds():
     def row(kind, config, wall=1.0, eff=1.0, memory=10.0):
-        return {"kind": kind, "config": config, "src_len": 8, "batch": 1, "wall_speedup": wall,
-                "efficiency": eff, "peak_memory_mib": memory}
+        return {
+            "kind": kind,
+            "config": config,
+            "src_len": 8,
+            "batch": 1,
+            "wall_speedup": wall,
+            "efficiency": eff,
+            "peak_memory_mib": memory,
+        }
 
-    rows = [row("encoder", benchmark.STOCK), row("encoder", benchmark.NO_EXITS, wall=0.95),
-            row("encoder", benchmark.ENC_EXITS, eff=0.85), row("encoder", benchmark.ALL_EXITS, memory=11.5),
-            row("generate", benchmark.STOCK), row("generate", benchmark.NO_EXITS, wall=1.01),
-            row("generate", benchmark.ALL_EXITS, eff=0.81, memory=10.5)]
+    rows = [
+        row("encoder", benchmark.STOCK),
+        row("encoder", benchmark.NO_EXITS, wall=0.95),
+        row("encoder", benchmark.ENC_EXITS, eff=0.85),
+        row("encoder", benchmark.ALL_EXITS, memory=11.5),
+        row("generate", benchmark.STOCK),
+        row("generate", benchmark.NO_EXITS, wall=1.01),
+        row("generate", benchmark.ALL_EXITS, eff=0.81, memory=10.5),
+    ]
     verdicts = {c["target"].split(" (")[0]: (round(c["value"], 3), c["met"]) for c in benchmark.check_targets(rows)}
     assert verdicts == {
         "no-exit overhead, encoder": (round(1 / 0.95, 3), False),
@@ -86,8 +124,10 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
 
 
 def test_plot_draws_or_says_what_it_needs(tmp_path):
-    points = [{"flops_speedup": 2.8, "wall_speedup": 2.6, "label": "enc 512x1"},
-              {"flops_speedup": 1.5, "wall_speedup": 1.4, "label": "5,6"}]
+    points = [
+        {"flops_speedup": 2.8, "wall_speedup": 2.6, "label": "enc 512x1"},
+        {"flops_speedup": 1.5, "wall_speedup": 1.4, "label": "5,6"},
+    ]
     path = tmp_path / "sweep.png"
     try:
         import matplotlib  # noqa: F401

@@ -14,16 +14,54 @@ pytestmark = pytest.mark.slow
 
 LAYERS = 2
 MODEL = [
-    "--encoder-layers", LAYERS, "--decoder-layers", LAYERS,
-    "--encoder-embed-dim", 32, "--encoder-ffn-embed-dim", 64, "--encoder-attention-heads", 2,
-    "--decoder-embed-dim", 32, "--decoder-ffn-embed-dim", 64, "--decoder-attention-heads", 2,
-    "--max-source-positions", 128, "--max-target-positions", 128,
+    "--encoder-layers",
+    LAYERS,
+    "--decoder-layers",
+    LAYERS,
+    "--encoder-embed-dim",
+    32,
+    "--encoder-ffn-embed-dim",
+    64,
+    "--encoder-attention-heads",
+    2,
+    "--decoder-embed-dim",
+    32,
+    "--decoder-ffn-embed-dim",
+    64,
+    "--decoder-attention-heads",
+    2,
+    "--max-source-positions",
+    128,
+    "--max-target-positions",
+    128,
 ]
 OPTIM = [
-    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1,
-    "--optimizer", "adam", "--lr", 3e-3, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 5,
-    "--max-tokens", 2048, "--dropout", 0.0, "--cpu", "--num-workers", 0, "--seed", 3,
-    "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", 1,
+    "--criterion",
+    "label_smoothed_cross_entropy",
+    "--label-smoothing",
+    0.1,
+    "--optimizer",
+    "adam",
+    "--lr",
+    3e-3,
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    5,
+    "--max-tokens",
+    2048,
+    "--dropout",
+    0.0,
+    "--cpu",
+    "--num-workers",
+    0,
+    "--seed",
+    3,
+    "--no-epoch-checkpoints",
+    "--log-format",
+    "json",
+    "--log-interval",
+    1,
     "--skip-invalid-size-inputs-valid-test",
 ]
 
@@ -36,10 +74,30 @@ def train(data_bin, save_dir, *extra, arch="hashee_bart_base", task="hashee_summ
 
 
 def generate(data_bin, checkpoint, *extra, task="hashee_summarization", check=True):
-    args = [data_bin, "--path", checkpoint, "--task", task, "-s", "src", "-t", "tgt", "--gen-subset", "test",
-            "--beam", 4, "--max-len-b", 20, "--batch-size", 8, "--cpu", "--skip-invalid-size-inputs-valid-test",
-            # the plugin also lets torch >= 2.6 load stock fairseq checkpoints
-            "--user-dir", USER_DIR]
+    args = [
+        data_bin,
+        "--path",
+        checkpoint,
+        "--task",
+        task,
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--gen-subset",
+        "test",
+        "--beam",
+        4,
+        "--max-len-b",
+        20,
+        "--batch-size",
+        8,
+        "--cpu",
+        "--skip-invalid-size-inputs-valid-test",
+        # the plugin also lets torch >= 2.6 load stock fairseq checkpoints
+        "--user-dir",
+        USER_DIR,
+    ]
     return run_cli("fairseq_cli.generate", *args, *extra, check=check)
 
 
@@ -71,8 +129,19 @@ def _one_error_line(proc):
 def trained(data_bin, tmp_path_factory):
     """A tiny HashEE BART with encoder and decoder exits, trained for a few updates."""
     save_dir = tmp_path_factory.mktemp("ckpt")
-    proc = train(data_bin, save_dir, "--max-update", 12, "--encoder-hash-type", "frequency",
-                 "--decoder-exits", "--decoder-hash-type", "random", "--hash-seed", 5)
+    proc = train(
+        data_bin,
+        save_dir,
+        "--max-update",
+        12,
+        "--encoder-hash-type",
+        "frequency",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "random",
+        "--hash-seed",
+        5,
+    )
     return save_dir, proc
 
 
@@ -95,8 +164,19 @@ def test_resume_keeps_the_tables(trained, tmp_path):
     resumed.mkdir()
     (resumed / "checkpoint_last.pt").write_bytes((save_dir / "checkpoint_last.pt").read_bytes())
     # Other hash options on resume: the checkpoint's tables must win.
-    proc = train(data_bin_of(save_dir), resumed, "--max-update", 16, "--encoder-hash-type", "random",
-                 "--decoder-exits", "--decoder-hash-type", "frequency", "--hash-seed", 9)
+    proc = train(
+        data_bin_of(save_dir),
+        resumed,
+        "--max-update",
+        16,
+        "--encoder-hash-type",
+        "random",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "frequency",
+        "--hash-seed",
+        9,
+    )
     assert "using the checkpoint's encoder.exit_table" in proc.stdout + proc.stderr
     before, after = tables(save_dir / "checkpoint_last.pt"), tables(resumed / "checkpoint_last.pt")
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
@@ -166,17 +246,44 @@ def test_restore_a_stock_bart_checkpoint(data_bin, tmp_path):
     train(data_bin, stock_dir, "--max-update", 2, arch="bart_base", task="translation")
     stock = stock_dir / "checkpoint_last.pt"
     save_dir = tmp_path / "finetune"
-    proc = train(data_bin, save_dir, "--max-update", 2, "--restore-file", stock,
-                 "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
-                 "--encoder-hash-type", "cluster", "--decoder-exits", "--decoder-hash-type", "frequency")
+    proc = train(
+        data_bin,
+        save_dir,
+        "--max-update",
+        2,
+        "--restore-file",
+        stock,
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        "--reset-lr-scheduler",
+        "--encoder-hash-type",
+        "cluster",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "frequency",
+    )
     output = proc.stdout + proc.stderr
     assert "checkpoint has no encoder.exit_table; hashing its encoder embeddings" in output
     assert "checkpoint has no decoder.exit_table; keeping the table built by the task" in output
     enc, _ = tables(save_dir / "checkpoint_last.pt")
     assert (enc < LAYERS).any()
-    run_cli("fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", LAYERS,
-            "--hash-type", "cluster", "--checkpoint", stock, "-o", tmp_path / "enc.table")
+    run_cli(
+        "fairseq_hashee.cli.table",
+        data_bin,
+        "--stack",
+        "encoder",
+        "--num-layers",
+        LAYERS,
+        "--hash-type",
+        "cluster",
+        "--checkpoint",
+        stock,
+        "-o",
+        tmp_path / "enc.table",
+    )
     from fairseq.data import Dictionary
+
     from fairseq_hashee.table_file import read_table
 
     symbols = Dictionary.load(str(data_bin / "dict.src.txt")).symbols
@@ -206,14 +313,50 @@ def test_unknown_hash_type_is_refused(data_bin, tmp_path):
 
 def test_restore_file_of_another_architecture(data_bin, tmp_path):
     other_dir = tmp_path / "transformer"
-    run_cli("fairseq_cli.train", data_bin, "--save-dir", other_dir, "--arch", "transformer", "--task", "translation",
-            "-s", "src", "-t", "tgt", "--encoder-layers", 1, "--decoder-layers", 1, "--encoder-embed-dim", 16,
-            "--decoder-embed-dim", 16, "--encoder-ffn-embed-dim", 16, "--decoder-ffn-embed-dim", 16,
-            "--encoder-attention-heads", 2, "--decoder-attention-heads", 2, "--max-update", 1,
-            "--optimizer", "adam", "--lr", 1e-3, "--max-tokens", 2048, "--cpu", "--no-epoch-checkpoints")
+    run_cli(
+        "fairseq_cli.train",
+        data_bin,
+        "--save-dir",
+        other_dir,
+        "--arch",
+        "transformer",
+        "--task",
+        "translation",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--encoder-layers",
+        1,
+        "--decoder-layers",
+        1,
+        "--encoder-embed-dim",
+        16,
+        "--decoder-embed-dim",
+        16,
+        "--encoder-ffn-embed-dim",
+        16,
+        "--decoder-ffn-embed-dim",
+        16,
+        "--encoder-attention-heads",
+        2,
+        "--decoder-attention-heads",
+        2,
+        "--max-update",
+        1,
+        "--optimizer",
+        "adam",
+        "--lr",
+        1e-3,
+        "--max-tokens",
+        2048,
+        "--cpu",
+        "--no-epoch-checkpoints",
+    )
     restore = other_dir / "checkpoint_last.pt"
-    proc = train(data_bin, tmp_path / "ft", "--max-update", 1, "--restore-file", restore, "--reset-optimizer",
-                 check=False)
+    proc = train(
+        data_bin, tmp_path / "ft", "--max-update", 1, "--restore-file", restore, "--reset-optimizer", check=False
+    )
     line = _one_error_line(proc)
     assert str(restore) in line and "does not fit HashEEBARTModel" in line and "1+1 layers, dim 16" in line
     assert "layernorm_embedding" in line or "shape mismatch" in line
@@ -222,9 +365,24 @@ def test_restore_file_of_another_architecture(data_bin, tmp_path):
 def test_checkpoint_for_another_dictionary(trained, text_corpus, tmp_path):
     """A checkpoint's tables and embeddings sized for another dict.txt are named in the error."""
     other = tmp_path / "bin"
-    run_cli("fairseq_cli.preprocess", "--source-lang", "src", "--target-lang", "tgt",
-            "--trainpref", text_corpus / "train", "--testpref", text_corpus / "test",
-            "--joined-dictionary", "--nwordssrc", "100", "--destdir", other, "--workers", 1)
+    run_cli(
+        "fairseq_cli.preprocess",
+        "--source-lang",
+        "src",
+        "--target-lang",
+        "tgt",
+        "--trainpref",
+        text_corpus / "train",
+        "--testpref",
+        text_corpus / "test",
+        "--joined-dictionary",
+        "--nwordssrc",
+        "100",
+        "--destdir",
+        other,
+        "--workers",
+        1,
+    )
     save_dir, _ = trained
     proc = generate(other, save_dir / "checkpoint_last.pt", check=False)
     line = _one_error_line(proc)
@@ -253,8 +411,17 @@ def test_a_checkpoint_carrying_a_callable_is_refused(trained, data_bin, tmp_path
 
 
 def test_mi_hash_builds_tables_from_both_sides(data_bin, tmp_path):
-    proc = train(data_bin, tmp_path, "--max-update", 1, "--encoder-hash-type", "mi",
-                 "--decoder-exits", "--decoder-hash-type", "mi")
+    proc = train(
+        data_bin,
+        tmp_path,
+        "--max-update",
+        1,
+        "--encoder-hash-type",
+        "mi",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "mi",
+    )
     assert "encoder exit table (mi)" in proc.stdout + proc.stderr
     enc, dec = tables(tmp_path / "checkpoint_last.pt")
     assert (enc < LAYERS).any() and (dec < LAYERS).any()
@@ -262,8 +429,17 @@ def test_mi_hash_builds_tables_from_both_sides(data_bin, tmp_path):
 
 def test_random_incons_trains_and_generates(data_bin, tmp_path):
     """Per-occurrence draws: the checkpoint keeps draw sets, generation draws as it decodes."""
-    train(data_bin, tmp_path, "--max-update", 2, "--encoder-hash-type", "random-incons",
-          "--decoder-exits", "--decoder-hash-type", "random-incons")
+    train(
+        data_bin,
+        tmp_path,
+        "--max-update",
+        2,
+        "--encoder-hash-type",
+        "random-incons",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "random-incons",
+    )
     enc, dec = tables(tmp_path / "checkpoint_last.pt")
     assert int(enc.min()) == int(dec.min()) == -0b11  # draw set {1, 2}
     proc = generate(data_bin, tmp_path / "checkpoint_last.pt", "--max-len-b", 5)
@@ -284,15 +460,51 @@ def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_pa
     procs = []
     for rank in range(2):
         (tmp_path / f"rank{rank}").mkdir()  # fairseq creates it on the master only
-        args = [data_bin, "--save-dir", tmp_path / f"rank{rank}", "--arch", "hashee_bart_base",
-                "--task", "hashee_summarization", "-s", "src", "-t", "tgt", "--user-dir", USER_DIR,
-                *MODEL, *OPTIM, "--max-update", 4, "--encoder-hash-type", "cluster", "--hash-seed", 11,
-                "--decoder-exits", "--decoder-hash-type", "mi",
-                "--distributed-backend", "gloo", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-                "--distributed-world-size", 2, "--distributed-rank", rank, "--distributed-no-spawn",
-                "--ddp-backend", "legacy_ddp"]
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).parent / "distributed_rank.py"),
-                                       *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        args = [
+            data_bin,
+            "--save-dir",
+            tmp_path / f"rank{rank}",
+            "--arch",
+            "hashee_bart_base",
+            "--task",
+            "hashee_summarization",
+            "-s",
+            "src",
+            "-t",
+            "tgt",
+            "--user-dir",
+            USER_DIR,
+            *MODEL,
+            *OPTIM,
+            "--max-update",
+            4,
+            "--encoder-hash-type",
+            "cluster",
+            "--hash-seed",
+            11,
+            "--decoder-exits",
+            "--decoder-hash-type",
+            "mi",
+            "--distributed-backend",
+            "gloo",
+            "--distributed-init-method",
+            f"tcp://127.0.0.1:{port}",
+            "--distributed-world-size",
+            2,
+            "--distributed-rank",
+            rank,
+            "--distributed-no-spawn",
+            "--ddp-backend",
+            "legacy_ddp",
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).parent / "distributed_rank.py"), *map(str, args)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -308,8 +520,7 @@ def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_pa
 def test_bf16_training_runs_on_cpu(data_bin, tmp_path):
     """--bf16 (which fairseq 0.12 would turn into --tpu): fairseq's mixed-precision
     optimizer over the exit-skipping model, on the CPU."""
-    proc = train(data_bin, tmp_path, "--max-update", 4, "--bf16", "--encoder-hash-type", "frequency",
-                 "--decoder-exits")
+    proc = train(data_bin, tmp_path, "--max-update", 4, "--bf16", "--encoder-hash-type", "frequency", "--decoder-exits")
     assert "training in bfloat16 on the usual device" in proc.stdout + proc.stderr
     losses = train_losses(proc.stdout + proc.stderr)
     assert len(losses) >= 3 and all(0 < loss < 100 for loss in losses)

@@ -32,15 +32,23 @@ from fairseq_hashee.conversion.hf_files import load_config, load_vocab, load_wei
 from fairseq_hashee.conversion.key_mapping import _ACTIVATIONS, convert_state  # noqa: E402
 from fairseq_hashee.conversion.vocabulary import map_vocab  # noqa: E402
 from fairseq_hashee.errors import HashEEError  # noqa: E402
-from hf_reference import BERT_VOCAB, DEC, DIM, SHARED  # noqa: E402
-from hf_reference import bart_reference, cpt_logits, cpt_reference, save_cpt  # noqa: E402
+
+from hf_reference import BERT_VOCAB, DEC, DIM, SHARED, bart_reference, cpt_logits, cpt_reference, save_cpt  # noqa: E402  # noqa: E402
 
 ATOL = 1e-4
 USER_DIR = os.path.dirname(fairseq_hashee.__file__)
-CPT_TIED = ("model.encoder.embeddings.word_embeddings.weight", "model.shared.weight",
-            "model.decoder.embed_tokens.weight", "lm_head.weight")
-BART_TIED = ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
-             "lm_head.weight")
+CPT_TIED = (
+    "model.encoder.embeddings.word_embeddings.weight",
+    "model.shared.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+)
+BART_TIED = (
+    "model.shared.weight",
+    "model.encoder.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+)
 
 
 def _load_converted(out_dir):
@@ -53,8 +61,9 @@ def _fairseq_model(hf_dir, out_dir):
     """The converted checkpoint, loaded as fairseq-train --restore-file would."""
     report = convert(str(hf_dir), str(out_dir))
     dictionary, state = _load_converted(out_dir)
-    converted = convert_state(load_weights(str(hf_dir)), load_config(str(hf_dir)),
-                              map_vocab(load_vocab(str(hf_dir)), "vocab"), "hf")
+    converted = convert_state(
+        load_weights(str(hf_dir)), load_config(str(hf_dir)), map_vocab(load_vocab(str(hf_dir)), "vocab"), "hf"
+    )
     arch, _ = choose_arch(converted)
     converted.state = state["model"]
     model = build_checked_model(converted, arch, dictionary).eval()
@@ -72,7 +81,7 @@ def _batch(hf_ids, pad, fairseq_of, left_pad):
         mask[row, : len(sent)] = 1
         mapped = torch.tensor([fairseq_of[i] for i in sent])
         if left_pad:
-            ours[row, width - len(sent):] = mapped
+            ours[row, width - len(sent) :] = mapped
         else:
             ours[row, : len(sent)] = mapped
     return hf, mask, ours
@@ -96,7 +105,7 @@ def _cpt_gaps(bert, decoder, model):
         logits = model(src_ours, src_mask.sum(1), prev_ours)[0]
     width, enc_gap, logit_gap = src_hf.size(1), 0.0, 0.0
     for row, n in enumerate(src_mask.sum(1).tolist()):
-        enc_gap = max(enc_gap, float((enc[row, width - n:] - hidden[row, :n]).abs().max()))
+        enc_gap = max(enc_gap, float((enc[row, width - n :] - hidden[row, :n]).abs().max()))
         logit_gap = max(logit_gap, float((logits[row, :6] - logits_hf[row, :6][:, order]).abs().max()))
     return enc_gap, logit_gap
 
@@ -152,8 +161,13 @@ def test_cpt_greedy_decoding_matches_transformers(tmp_path):
     with torch.no_grad():
         tokens = [sep]
         for step in range(steps):
-            _, logits = cpt_logits(bert, decoder, torch.tensor([source]), torch.ones(1, len(source), dtype=torch.long),
-                                    torch.tensor([tokens]))
+            _, logits = cpt_logits(
+                bert,
+                decoder,
+                torch.tensor([source]),
+                torch.ones(1, len(source), dtype=torch.long),
+                torch.tensor([tokens]),
+            )
             last = logits[0, -1].clone()
             last[0] = -float("inf")  # fairseq never emits padding
             if step == 0:
@@ -163,7 +177,9 @@ def test_cpt_greedy_decoding_matches_transformers(tmp_path):
                 break
         src = torch.tensor([[fairseq_of[i] for i in source]])
         generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=0, max_len_b=steps)
-        hypo = generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(source)])}})
+        hypo = generator.generate(
+            [model], {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(source)])}}
+        )
     ours = [int(order[i]) for i in hypo[0][0]["tokens"].tolist()]
     expected = tokens[1:] if tokens[-1] == sep else tokens[1:] + [sep]  # fairseq ends with eos
     assert ours == expected
@@ -181,11 +197,14 @@ def test_bart_conversion_matches_transformers(tmp_path, chinese):
     (src_hf, mask, _), (src_ours, _), order = _bart_inputs(reference, vocab)
     pad = reference.config.pad_token_id
     with torch.no_grad():
-        theirs = reference.generate(src_hf[:1], num_beams=1, do_sample=False, max_new_tokens=8,
-                                    min_new_tokens=1, bad_words_ids=[[pad]])[0, 1:].tolist()
+        theirs = reference.generate(
+            src_hf[:1], num_beams=1, do_sample=False, max_new_tokens=8, min_new_tokens=1, bad_words_ids=[[pad]]
+        )[0, 1:].tolist()
         src = src_ours[:1]
         generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=0, max_len_b=8)
-        ours = generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)])}})
+        ours = generator.generate(
+            [model], {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)])}}
+        )
     ours = [int(order[i]) for i in ours[0][0]["tokens"].tolist()]
     assert ours[: len(theirs)] == theirs
 
@@ -235,12 +254,20 @@ def test_safetensors_save_model_files_match_their_reference(tmp_path, family):
     assert gap < ATOL
 
 
-@pytest.mark.parametrize("kept, changed", [("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"),
-                                           ("model.shared.weight", "lm_head.weight")])
+@pytest.mark.parametrize(
+    "kept, changed",
+    [
+        ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"),
+        ("model.shared.weight", "lm_head.weight"),
+    ],
+)
 def test_tied_copies_that_disagree_are_named(tmp_path, kept, changed):
     _, hf_dir, _ = bart_reference(tmp_path / "bart", fmt="bin")
-    weights = {name: tensor for name, tensor in load_weights(str(hf_dir)).items()
-               if name in (kept, changed) or name not in BART_TIED}
+    weights = {
+        name: tensor
+        for name, tensor in load_weights(str(hf_dir)).items()
+        if name in (kept, changed) or name not in BART_TIED
+    }
     weights[changed] = weights[changed] + 1
     torch.save(weights, hf_dir / "pytorch_model.bin")
     with pytest.raises(HashEEError) as err:
@@ -296,7 +323,7 @@ def _printed_command_model(hf_dir, tmp_path, capsys):
     out = tmp_path / "out"
     convert_cli.main([str(hf_dir), "-o", str(out)])
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fine-tune with: "))
-    words = shlex.split(line[len("fine-tune with: "):])
+    words = shlex.split(line[len("fine-tune with: ") :])
     assert words[:2] == ["fairseq-train", "..."]
     data = tmp_path / "data-bin"
     data.mkdir()
@@ -314,13 +341,16 @@ def _printed_command_model(hf_dir, tmp_path, capsys):
     return model.eval()
 
 
-@pytest.mark.parametrize("family, config", [
-    ("cpt", {}),
-    ("cpt", {"activation_function": "relu", "scale_embedding": True}),
-    ("bart", {"scale_embedding": True}),
-    ("bart", {"activation_function": "relu"}),
-    ("bart", {"activation_function": "gelu_new", "decoder_attention_heads": 4}),
-])
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("cpt", {}),
+        ("cpt", {"activation_function": "relu", "scale_embedding": True}),
+        ("bart", {"scale_embedding": True}),
+        ("bart", {"activation_function": "relu"}),
+        ("bart", {"activation_function": "gelu_new", "decoder_attention_heads": 4}),
+    ],
+)
 def test_printed_command_builds_the_checked_model(tmp_path, capsys, family, config):
     if family == "cpt":
         bert, decoder = cpt_reference(seed=7, **config)
@@ -364,8 +394,10 @@ def _mutate_cpt(tmp_path, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d, s: s.update({"model.encoder.adapter.weight": torch.zeros(1)}),
-         "unexpected keys model.encoder.adapter.weight"),
+        (
+            lambda d, s: s.update({"model.encoder.adapter.weight": torch.zeros(1)}),
+            "unexpected keys model.encoder.adapter.weight",
+        ),
         (lambda d, s: s.update({"lm_head.weight": s["lm_head.weight"] + 1}), "lm_head.weight differs from"),
         (lambda d, s: s.update({"final_logits_bias": torch.ones(1, len(BERT_VOCAB))}), "final_logits_bias is not zero"),
         (lambda d, s: (d / "vocab.txt").write_text("[PAD]\n[UNK]\n"), "neither a BART vocabulary"),
@@ -374,8 +406,10 @@ def _mutate_cpt(tmp_path, edit):
         (lambda d, s: _set_config(d, scale_embedding="yes"), "scale_embedding is not true or false ('yes')"),
         (lambda d, s: _set_config(d, activation_function="silu"), "activation_function 'silu' has no fairseq"),
         (lambda d, s: _set_config(d, decoder_start_token_id=3), "decoder_start_token_id 3 is not 4, the end-of"),
-        (lambda d, s: [s.pop(k) for k in list(s)] and s.update({"encoder.weight": torch.zeros(1)}),
-         "neither a CPT nor a BART checkpoint"),
+        (
+            lambda d, s: [s.pop(k) for k in list(s)] and s.update({"encoder.weight": torch.zeros(1)}),
+            "neither a CPT nor a BART checkpoint",
+        ),
     ],
 )
 def test_unrecognised_checkpoints_are_refused(tmp_path, edit, message):

@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
-from helpers import REPO
 from fairseq_hashee.cli.prepare import main, prepare
 from fairseq_hashee.corpora.cnndm import parse_story
 from fairseq_hashee.corpora.records import Record, Skip, Tally, clean, clean_text
 from fairseq_hashee.errors import HashEEError
+
+from helpers import REPO
 
 RAW = REPO / "tests" / "data" / "raw"
 
@@ -32,12 +33,15 @@ def lines(folder, name):
     return (folder / name).read_text(encoding="utf-8").splitlines()
 
 
-@pytest.mark.parametrize("dataset, counts, skipped", [
-    ("cnndm", {"train": 10, "valid": 2, "test": 3}, {"no highlights": 1}),
-    ("reddit", {"train": 16, "valid": 2, "test": 2}, {"no tldr": 2}),
-    ("csl", {"train": 12, "valid": 2, "test": 3}, {}),
-    ("ttnews", {"train": 15, "valid": 1, "test": 3}, {}),
-])
+@pytest.mark.parametrize(
+    "dataset, counts, skipped",
+    [
+        ("cnndm", {"train": 10, "valid": 2, "test": 3}, {"no highlights": 1}),
+        ("reddit", {"train": 16, "valid": 2, "test": 2}, {"no tldr": 2}),
+        ("csl", {"train": 12, "valid": 2, "test": 3}, {}),
+        ("ttnews", {"train": 15, "valid": 1, "test": 3}, {}),
+    ],
+)
 def test_bundled_release_counts(tmp_path, dataset, counts, skipped):
     report = prepare(dataset, str(RAW / dataset), str(tmp_path / "out"))
     assert report["examples"] == counts
@@ -50,7 +54,9 @@ def test_bundled_release_counts(tmp_path, dataset, counts, skipped):
 
 def test_cnndm_story_becomes_paragraphs_and_closed_highlights():
     story = "(CNN) -- First paragraph.\n\nSecond one\n\n@highlight\n\nA highlight\n\n@highlight\n\nDone!\n"
-    assert parse_story(story, "x.story") == Record("(CNN) -- First paragraph. Second one", "A highlight. Done!", "x.story")
+    assert parse_story(story, "x.story") == Record(
+        "(CNN) -- First paragraph. Second one", "A highlight. Done!", "x.story"
+    )
     assert parse_story("Only text.\n", "y.story") == Skip("no highlights", "y.story")
 
 
@@ -92,11 +98,21 @@ def test_undecodable_bytes_and_empty_entries_are_skipped_and_counted(raw_copy, t
 def test_cleaning_drops_control_and_format_characters_and_folds_whitespace():
     assert clean_text("a\u200bb\x07 c\n\n d\u3000e\t\ufeff") == "ab c d e"
     tally = Tally()
-    kept = list(clean([Record("doc", "\u200b", "f:1"), Record("ok \ud83d", "s", "f:2"), Skip("no tldr", "f:3"),
-                       Record(" doc\r\n", " sum ", "f:4")], tally))
+    kept = list(
+        clean(
+            [
+                Record("doc", "\u200b", "f:1"),
+                Record("ok \ud83d", "s", "f:2"),
+                Skip("no tldr", "f:3"),
+                Record(" doc\r\n", " sum ", "f:4"),
+            ],
+            tally,
+        )
+    )
     assert kept == [Record("doc", "sum", "f:4")]
-    assert tally.summary() == ("skipped 3: empty summary 1 (first: f:1), not valid UTF-8 1 (first: f:2), "
-                               "no tldr 1 (first: f:3)")
+    assert tally.summary() == (
+        "skipped 3: empty summary 1 (first: f:1), not valid UTF-8 1 (first: f:2), no tldr 1 (first: f:3)"
+    )
 
 
 def test_random_split_is_seeded_and_sized(tmp_path):
@@ -154,5 +170,7 @@ def test_cli_reports_counts_and_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["csl: train 12, valid 2, test 3 examples", "nothing skipped"]
     with pytest.raises(SystemExit, match=r"^error: .*missing: no such directory$"):
         main(["csl", str(tmp_path / "missing"), str(tmp_path / "out2")])
-    with pytest.raises(SystemExit, match=r"^error: .*: no tifu_all_tokenized_and_filtered.json \(the Reddit TIFU release\)$"):
+    with pytest.raises(
+        SystemExit, match=r"^error: .*: no tifu_all_tokenized_and_filtered.json \(the Reddit TIFU release\)$"
+    ):
         main(["reddit", str(RAW / "csl"), str(tmp_path / "out3")])

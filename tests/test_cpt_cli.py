@@ -21,9 +21,44 @@ from hf_reference import DEC, DIM, SHARED, cpt_reference, save_cpt  # noqa: E402
 pytestmark = pytest.mark.slow
 
 # Our own phrases; documents are random sentences of them, the summary is the first sentence.
-PHRASES = ["今天", "天气", "很好", "我们", "一起", "去", "公园", "散步", "学生", "老师", "学习", "中文", "新闻",
-           "报道", "经济", "发展", "城市", "人口", "增长", "科技", "公司", "发布", "手机", "市场", "价格", "上涨",
-           "北京", "上海", "会议", "召开", "政府", "提出", "计划", "环境", "保护", "重要"]
+PHRASES = [
+    "今天",
+    "天气",
+    "很好",
+    "我们",
+    "一起",
+    "去",
+    "公园",
+    "散步",
+    "学生",
+    "老师",
+    "学习",
+    "中文",
+    "新闻",
+    "报道",
+    "经济",
+    "发展",
+    "城市",
+    "人口",
+    "增长",
+    "科技",
+    "公司",
+    "发布",
+    "手机",
+    "市场",
+    "价格",
+    "上涨",
+    "北京",
+    "上海",
+    "会议",
+    "召开",
+    "政府",
+    "提出",
+    "计划",
+    "环境",
+    "保护",
+    "重要",
+]
 
 
 def _chinese_pairs(n, seed):
@@ -62,26 +97,93 @@ def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
         for side, column in (("src", 0), ("tgt", 1)):
             raw = "".join(pair[column] + "\n" for pair in pairs).encode("utf-8")
             pieces = subprocess.run(
-                [sys.executable, "-m", "fairseq_hashee.cli.wordpiece", "--vocab", hf_dir / "vocab.txt",
-                 "--prepend", "<s>"], input=raw, capture_output=True, check=True).stdout.decode("utf-8")
+                [
+                    sys.executable,
+                    "-m",
+                    "fairseq_hashee.cli.wordpiece",
+                    "--vocab",
+                    hf_dir / "vocab.txt",
+                    "--prepend",
+                    "<s>",
+                ],
+                input=raw,
+                capture_output=True,
+                check=True,
+            ).stdout.decode("utf-8")
             assert "[UNK]" not in pieces
             (text / f"{split}.{side}").write_text(pieces, encoding="utf-8")
     data_bin = root / "bin"
     dict_txt = root / "converted" / "dict.txt"
-    run_cli("fairseq_cli.preprocess", "-s", "src", "-t", "tgt", "--trainpref", text / "train",
-            "--validpref", text / "valid", "--testpref", text / "test", "--srcdict", dict_txt, "--tgtdict", dict_txt,
-            "--destdir", data_bin, "--workers", 1)
+    run_cli(
+        "fairseq_cli.preprocess",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--trainpref",
+        text / "train",
+        "--validpref",
+        text / "valid",
+        "--testpref",
+        text / "test",
+        "--srcdict",
+        dict_txt,
+        "--tgtdict",
+        dict_txt,
+        "--destdir",
+        data_bin,
+        "--workers",
+        1,
+    )
 
     options = re.search(r"--arch (.*?) --restore-file", stdout).group(1).split()
     save_dir = root / "ft"
     proc = run_cli(
-        "fairseq_cli.train", data_bin, "--user-dir", USER_DIR, "--task", "hashee_summarization",
-        "-s", "src", "-t", "tgt", "--arch", *options, "--restore-file", root / "converted" / "model.pt",
-        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
-        "--encoder-hash-type", "frequency", "--decoder-exits", "--decoder-hash-type", "frequency",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1, "--optimizer", "adam",
-        "--lr", 1e-3, "--max-tokens", 2048, "--max-update", 8, "--dropout", 0.0, "--cpu", "--num-workers", 0,
-        "--no-epoch-checkpoints", "--save-dir", save_dir, "--log-format", "simple",
+        "fairseq_cli.train",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "hashee_summarization",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--arch",
+        *options,
+        "--restore-file",
+        root / "converted" / "model.pt",
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        "--reset-lr-scheduler",
+        "--encoder-hash-type",
+        "frequency",
+        "--decoder-exits",
+        "--decoder-hash-type",
+        "frequency",
+        "--criterion",
+        "label_smoothed_cross_entropy",
+        "--label-smoothing",
+        0.1,
+        "--optimizer",
+        "adam",
+        "--lr",
+        1e-3,
+        "--max-tokens",
+        2048,
+        "--max-update",
+        8,
+        "--dropout",
+        0.0,
+        "--cpu",
+        "--num-workers",
+        0,
+        "--no-epoch-checkpoints",
+        "--save-dir",
+        save_dir,
+        "--log-format",
+        "simple",
     )
     output = proc.stdout + proc.stderr
     assert "checkpoint has no encoder.exit_table" in output
@@ -94,9 +196,29 @@ def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
         assert int(table.max()) == layers
     assert int(state["model"]["encoder.exit_table"].min()) == 1  # SHARED = 2: the frequent half exits at 1
 
-    gen = run_cli("fairseq_cli.generate", data_bin, "--user-dir", USER_DIR, "--task", "hashee_summarization",
-                  "-s", "src", "-t", "tgt", "--path", save_dir / "checkpoint_last.pt", "--gen-subset", "test",
-                  "--beam", 4, "--max-len-b", 30, "--batch-size", 8, "--cpu")
+    gen = run_cli(
+        "fairseq_cli.generate",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "hashee_summarization",
+        "-s",
+        "src",
+        "-t",
+        "tgt",
+        "--path",
+        save_dir / "checkpoint_last.pt",
+        "--gen-subset",
+        "test",
+        "--beam",
+        4,
+        "--max-len-b",
+        30,
+        "--batch-size",
+        8,
+        "--cpu",
+    )
     hypotheses = [line.split("\t")[2] for line in gen.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 8 and all(h.strip() for h in hypotheses)
     assert "HashEE generation speed-up" in gen.stderr

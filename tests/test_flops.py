@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from helpers import build_hashee, random_batch, random_tables, tiny_dictionary
 from fairseq_hashee.modules import flops
+
+from helpers import build_hashee, random_batch, random_tables, tiny_dictionary
 
 
 def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):

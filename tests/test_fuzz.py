@@ -13,13 +13,18 @@ from fairseq.data import Dictionary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import tiny_dictionary
 from fairseq_hashee.dictionary_file import check_dictionary_file
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.table_file import ExitTableFile, read_table
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+from helpers import tiny_dictionary
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 LAYERS = 4
 
 _edit = st.one_of(
@@ -39,11 +44,11 @@ def mutate(data: bytes, ops) -> bytes:
         kind, at = op[0], op[1] % (len(data) + 1)
         if kind == "flip" and data:
             at %= len(data)
-            data = data[:at] + bytes([op[2]]) + data[at + 1:]
+            data = data[:at] + bytes([op[2]]) + data[at + 1 :]
         elif kind == "insert":
             data = data[:at] + op[2] + data[at:]
         elif kind == "delete":
-            data = data[:at] + data[at + op[2]:]
+            data = data[:at] + data[at + op[2] :]
         elif kind == "truncate":
             data = data[:at]
         else:
@@ -170,8 +175,9 @@ def valid_safetensors(tmp_path_factory):
     from safetensors.torch import save_file
 
     path = tmp_path_factory.mktemp("fuzz") / "model.safetensors"
-    save_file({"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5), "c": torch.ones(2, dtype=torch.bfloat16)},
-              str(path))
+    save_file(
+        {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5), "c": torch.ones(2, dtype=torch.bfloat16)}, str(path)
+    )
     return path.read_bytes()
 
 

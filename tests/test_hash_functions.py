@@ -1,8 +1,7 @@
-import numpy as np
-import pytest
-
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from fairseq_hashee import hash_functions as hf
@@ -10,7 +9,9 @@ from fairseq_hashee.modules.exit_table import draw_exits
 from fairseq_hashee.token_stats import TokenStats, token_stats
 
 L = 6
-SYMBOLS = ["<s>", "<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(20)] + ["<mask>", "[CLS]", "__en__", "madeupword0000"]
+SYMBOLS = (
+    ["<s>", "<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(20)] + ["<mask>", "[CLS]", "__en__", "madeupword0000"]
+)
 SPECIAL = hf.special_symbol_mask(SYMBOLS, nspecial=4)
 
 
@@ -84,7 +85,9 @@ def test_buckets():
     assert hf.exit_buckets(6) == [1, 2, 3, 4, 5, 6]
     assert hf.exit_buckets(6, min_layer=2, max_layer=6, step=2) == [2, 4, 6]
     assert hf.exit_buckets(6, layers=[3, 1, 3]) == [1, 3]
-    with pytest.raises(ValueError, match=r"--encoder-exit-layers: exit layer\(s\) \[7\] outside the stack's layers 1..6"):
+    with pytest.raises(
+        ValueError, match=r"--encoder-exit-layers: exit layer\(s\) \[7\] outside the stack's layers 1..6"
+    ):
         hf.exit_buckets(6, layers=[1, 7], option="--encoder-exit-layers")
     with pytest.raises(ValueError, match="outside"):
         hf.exit_buckets(6, min_layer=0)

@@ -77,8 +77,9 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables, device,
         # Beamable attention keeps one encoder row per sentence; otherwise one per hypothesis.
         if not beamable:
             encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
-        full_encoder_out = model.encoder.reorder_encoder_out(model.encoder(src, src_lengths), expand) \
-            if beamable else encoder_out
+        full_encoder_out = (
+            model.encoder.reorder_encoder_out(model.encoder(src, src_lengths), expand) if beamable else encoder_out
+        )
         state = {}
         recorder = _ExitRecorder(model.decoder, bsz * beam, steps) if draw_sets else None
         for step in range(steps):

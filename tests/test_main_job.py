@@ -18,7 +18,10 @@ def test_main_job_prints_rouge_and_speedup(tmp_path):
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     proc = subprocess.run(
         ["bash", str(REPO / "examples" / "sample" / "run.sh"), str(tmp_path / "work")],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -35,7 +38,10 @@ def test_hash_type_ablation_prints_one_row_per_type(tmp_path):
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MAX_UPDATE": "20", "BEAM": "1"}
     proc = subprocess.run(
         ["bash", str(REPO / "examples" / "ablation" / "hash_types.sh"), str(tmp_path / "work")],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

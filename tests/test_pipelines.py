@@ -20,6 +20,7 @@ from rouge_score import rouge_scorer
 from fairseq_hashee.cli.prepare import prepare
 from fairseq_hashee.hub_interface import HashEESummarizer
 from fairseq_hashee.tokenization.wordpiece import basic_words
+
 from helpers import REPO
 from tiny_subwords import bert_vocab, byte_bpe
 
@@ -27,15 +28,25 @@ pytestmark = pytest.mark.slow
 
 RAW = REPO / "tests" / "data" / "raw"
 ENGLISH, CHINESE = ("cnndm", "reddit"), ("csl", "ttnews")
-TINY = "--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 " \
-       "--encoder-attention-heads 2 --decoder-attention-heads 2"
+TINY = (
+    "--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 "
+    "--encoder-attention-heads 2 --decoder-attention-heads 2"
+)
 # From scratch on CPU, a few seconds of training, one thread per process (tiny models gain
 # nothing from more, and the tests must not fight over the cores).
 SMALL = {
-    "CPU": "1", "RESTORE": "", "OMP_NUM_THREADS": "1", "MAX_POSITIONS": "128", "WORKERS": "2", "UPDATE_FREQ": "1",
-    "MAX_UPDATE": "100", "TOTAL_NUM_UPDATES": "100", "WARMUP_UPDATES": "10", "LR": "5e-3",
+    "CPU": "1",
+    "RESTORE": "",
+    "OMP_NUM_THREADS": "1",
+    "MAX_POSITIONS": "128",
+    "WORKERS": "2",
+    "UPDATE_FREQ": "1",
+    "MAX_UPDATE": "100",
+    "TOTAL_NUM_UPDATES": "100",
+    "WARMUP_UPDATES": "10",
+    "LR": "5e-3",
     "EXTRA_ARGS": "--num-workers 0 --seed 1 --dropout 0 --attention-dropout 0 --save-interval 1000 "
-                  "--validate-interval 1000 --log-format simple",
+    "--validate-interval 1000 --log-format simple",
 }
 MODELS = {
     "bart": {"ARCH": "hashee_bart_base", "ARCH_ARGS": TINY + " --decoder-embed-dim 32 --decoder-ffn-embed-dim 64"},
@@ -48,8 +59,13 @@ DATASET_ENV = {"cnndm": {"MIN_LEN": "5", "MAX_LEN_B": "40", "MAX_POSITIONS": "48
 
 
 def stage(dataset, name, *args, env):
-    return subprocess.run(["bash", str(REPO / "examples" / dataset / f"{name}.sh"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        ["bash", str(REPO / "examples" / dataset / f"{name}.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def run_ok(dataset, name, *args, env):
@@ -62,8 +78,11 @@ def pretrained_files(dataset, root):
     """What a released checkpoint brings (dict.txt and subword files), made from the sample text."""
     text = root / "vocab-text"
     prepare(dataset, str(RAW / dataset), str(text))
-    corpus = [line for path in sorted(text.glob("*.source")) + sorted(text.glob("*.target"))
-              for line in path.read_text(encoding="utf-8").splitlines()]
+    corpus = [
+        line
+        for path in sorted(text.glob("*.source")) + sorted(text.glob("*.target"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
     if dataset in ENGLISH:
         return byte_bpe(corpus, 400, root / "pretrained")
     return bert_vocab(corpus, root / "pretrained")
@@ -72,8 +91,14 @@ def pretrained_files(dataset, root):
 def environment(dataset, pretrained):
     model = MODELS["bart" if dataset in ENGLISH else "cpt"]
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PRETRAINED": str(pretrained),
-            **SMALL, **model, **DATASET_ENV.get(dataset, {})}
+    return {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+        "PRETRAINED": str(pretrained),
+        **SMALL,
+        **model,
+        **DATASET_ENV.get(dataset, {}),
+    }
 
 
 class Run:
@@ -148,11 +173,17 @@ def test_long_documents_are_cut_and_reported(pipeline):
 @pytest.mark.parametrize("dataset", ["cnndm", "csl"])
 def test_python_api_gives_the_summaries_and_speedup_of_generate(pipeline, dataset):
     run = pipeline(dataset)
-    model = HashEESummarizer.from_pretrained(str(run.work / "checkpoints"), data_name_or_path=str(run.work / "data-bin"),
-                                             subwords_dir=str(run.pretrained))
+    model = HashEESummarizer.from_pretrained(
+        str(run.work / "checkpoints"), data_name_or_path=str(run.work / "data-bin"), subwords_dir=str(run.pretrained)
+    )
     env = run.env
-    settings = dict(beam=4, lenpen=2.0 if dataset == "cnndm" else 1.0, max_len_b=int(env.get("MAX_LEN_B", 50)),
-                    min_len=int(env["MIN_LEN"]), no_repeat_ngram_size=3 if dataset == "cnndm" else 0)
+    settings = dict(
+        beam=4,
+        lenpen=2.0 if dataset == "cnndm" else 1.0,
+        max_len_b=int(env.get("MAX_LEN_B", 50)),
+        min_len=int(env["MIN_LEN"]),
+        no_repeat_ngram_size=3 if dataset == "cnndm" else 0,
+    )
     documents = (run.work / "text" / "test.source").read_text(encoding="utf-8").splitlines()
     result = model.summarize(documents, **settings)
     assert result.summaries == (run.work / "generate" / "test.hyp").read_text(encoding="utf-8").splitlines()
@@ -169,7 +200,8 @@ def test_prepare_leaves_no_half_written_output(pipeline, tmp_path):
     missing = stage("reddit", "prepare", tmp_path / "nowhere", tmp_path / "work", env=env)
     assert missing.returncode != 0
     assert [line for line in missing.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {tmp_path / 'nowhere'}: no such directory"]
+        f"error: {tmp_path / 'nowhere'}: no such directory"
+    ]
     assert not (tmp_path / "work").exists() or os.listdir(tmp_path / "work") == []
 
     broken = tmp_path / "broken"

@@ -21,18 +21,75 @@ pytestmark = pytest.mark.slow
 
 MAX_UPDATE, SAVE_EVERY = 14, 5
 COMMAND = [
-    "--user-dir", USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt",
-    "--arch", "hashee_bart_base", "--encoder-layers", 2, "--decoder-layers", 2,
-    "--encoder-embed-dim", 32, "--encoder-ffn-embed-dim", 64, "--encoder-attention-heads", 2,
-    "--decoder-embed-dim", 32, "--decoder-ffn-embed-dim", 64, "--decoder-attention-heads", 2,
-    "--max-source-positions", 128, "--max-target-positions", 128, "--skip-invalid-size-inputs-valid-test",
-    "--encoder-hash-type", "random", "--decoder-exits", "--decoder-hash-type", "frequency",
-    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1, "--dropout", 0.1,
-    "--optimizer", "adam", "--lr", 3e-3, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", 5,
+    "--user-dir",
+    USER_DIR,
+    "--task",
+    "hashee_summarization",
+    "-s",
+    "src",
+    "-t",
+    "tgt",
+    "--arch",
+    "hashee_bart_base",
+    "--encoder-layers",
+    2,
+    "--decoder-layers",
+    2,
+    "--encoder-embed-dim",
+    32,
+    "--encoder-ffn-embed-dim",
+    64,
+    "--encoder-attention-heads",
+    2,
+    "--decoder-embed-dim",
+    32,
+    "--decoder-ffn-embed-dim",
+    64,
+    "--decoder-attention-heads",
+    2,
+    "--max-source-positions",
+    128,
+    "--max-target-positions",
+    128,
+    "--skip-invalid-size-inputs-valid-test",
+    "--encoder-hash-type",
+    "random",
+    "--decoder-exits",
+    "--decoder-hash-type",
+    "frequency",
+    "--criterion",
+    "label_smoothed_cross_entropy",
+    "--label-smoothing",
+    0.1,
+    "--dropout",
+    0.1,
+    "--optimizer",
+    "adam",
+    "--lr",
+    3e-3,
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    5,
     # small batches: an epoch is longer than SAVE_EVERY updates, so the kill lands mid-epoch
-    "--max-tokens", 400, "--required-batch-size-multiple", 1, "--cpu", "--num-workers", 0, "--seed", 7,
-    "--max-update", MAX_UPDATE, "--save-interval-updates", SAVE_EVERY, "--no-epoch-checkpoints",
-    "--log-format", "json", "--log-interval", 1,
+    "--max-tokens",
+    400,
+    "--required-batch-size-multiple",
+    1,
+    "--cpu",
+    "--num-workers",
+    0,
+    "--seed",
+    7,
+    "--max-update",
+    MAX_UPDATE,
+    "--save-interval-updates",
+    SAVE_EVERY,
+    "--no-epoch-checkpoints",
+    "--log-format",
+    "json",
+    "--log-interval",
+    1,
 ]
 
 
@@ -53,8 +110,13 @@ def _losses(output):
 
 def _kill_after_first_save(data_bin, save_dir):
     """Start training and SIGKILL it as soon as it reports its first saved checkpoint."""
-    proc = subprocess.Popen(_train_command(data_bin, save_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        _train_command(data_bin, save_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     output = []
     for line in proc.stdout:
         output.append(line)
@@ -66,8 +128,9 @@ def _kill_after_first_save(data_bin, save_dir):
 
 
 def test_killed_run_resumes_like_an_uninterrupted_one(data_bin, tmp_path):
-    straight = subprocess.run(_train_command(data_bin, tmp_path / "straight"), capture_output=True, text=True,
-                              timeout=600)
+    straight = subprocess.run(
+        _train_command(data_bin, tmp_path / "straight"), capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     reference = _losses(straight.stdout + straight.stderr)
     assert sorted(reference) == list(range(1, MAX_UPDATE + 1))
@@ -79,8 +142,7 @@ def test_killed_run_resumes_like_an_uninterrupted_one(data_bin, tmp_path):
     epoch_position = saved["extra_state"]["train_iterator"]
     assert epoch_position["iterations_in_epoch"] > 0, "the kill should land mid-epoch"
 
-    resumed = subprocess.run(_train_command(data_bin, tmp_path / "killed"), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(_train_command(data_bin, tmp_path / "killed"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "loaded checkpoint" in (resumed.stdout + resumed.stderr).lower()
     continued = _losses(resumed.stdout + resumed.stderr)

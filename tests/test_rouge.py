@@ -7,10 +7,16 @@ from rouge_score import rouge_scorer
 
 from fairseq_hashee.cli.rouge import main, rouge
 
-HYPS = ["The cat sat on the mat. It was happy.", "Police arrested two men in the city on Monday.",
-        "Rain floods the streets."]
-REFS = ["A cat was sitting on the mat. The cat looked happy.", "Two men were arrested by police on Monday.",
-        "Heavy rain flooded streets in the town. Crews rescued nine people."]
+HYPS = [
+    "The cat sat on the mat. It was happy.",
+    "Police arrested two men in the city on Monday.",
+    "Rain floods the streets.",
+]
+REFS = [
+    "A cat was sitting on the mat. The cat looked happy.",
+    "Two men were arrested by police on Monday.",
+    "Heavy rain flooded streets in the town. Crews rescued nine people.",
+]
 
 
 def _sentences(text):

@@ -6,7 +6,6 @@ import torch
 from helpers import PRECISIONS, build_hashee, random_batch, random_tables, set_exit_impl, tiny_dictionary
 
 
-
 def _forward(model, impl, batch):
     set_exit_impl(model, impl)
     src, src_lengths, prev = batch
@@ -76,8 +75,11 @@ def test_a_layer_nobody_reaches_is_skipped():
 def test_special_symbols_must_run_every_layer():
     dictionary = tiny_dictionary()
     model = build_hashee(dictionary, layers=3)
-    with pytest.raises(ValueError, match=r"t: encoder exit table sends special symbol 0 \('<s>'\) to layer 1; "
-                                         "special symbols always run all 3 layers"):
+    with pytest.raises(
+        ValueError,
+        match=r"t: encoder exit table sends special symbol 0 \('<s>'\) to layer 1; "
+        "special symbols always run all 3 layers",
+    ):
         model.encoder.set_exit_table(torch.ones(len(dictionary), dtype=torch.long), "t")
 
 

@@ -5,9 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from helpers import run_cli, tiny_dictionary
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.table_file import ExitTableFile, read_table
+
+from helpers import run_cli, tiny_dictionary
 
 LAYERS = 4
 
@@ -52,7 +53,10 @@ def _edit(path, old, new):
         (lambda p, s: _edit(p, "stack: encoder", "stack: middle"), "unknown stack 'middle'"),
         (lambda p, s: _edit(p, "stack: encoder", "stack: decoder"), "a decoder table cannot drive the encoder"),
         (lambda p, s: _edit(p, "w5\t", "w5x\t"), ":18: expected symbol 'w5', found 'w5x"),
-        (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\t9", p.read_text())), ":20: exit layer 9 outside the layers 1..4"),
+        (
+            lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\t9", p.read_text())),
+            ":20: exit layer 9 outside the layers 1..4",
+        ),
         (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\t2|5", p.read_text())), ":20: exit layer 5 outside"),
         (lambda p, s: p.write_text(re.sub(r"\nw7\t\d+", "\nw7\tlast", p.read_text())), ":20: exit layer 'last' is not"),
         (lambda p, s: p.write_text(p.read_text() + "extra\t1\n"), "unexpected line after the table"),
@@ -61,7 +65,10 @@ def _edit(path, old, new):
         (lambda p, s: p.write_text("hello\n"), ":1: not a fairseq-hashee exit table"),
         (lambda p, s: p.write_bytes(b"\xff\xfe\x00"), "not a UTF-8 exit-table file"),
         (lambda p, s: _edit(p, "hash_type:", "hash type:"), ":3: garbled header line"),
-        (lambda p, s: _edit(p, "</s>\t4", "</s>\t1"), ":11: special symbol '</s>' must run all 4 layers, not exit at 1"),
+        (
+            lambda p, s: _edit(p, "</s>\t4", "</s>\t1"),
+            ":11: special symbol '</s>' must run all 4 layers, not exit at 1",
+        ),
         (lambda p, s: p.unlink(), "no such exit-table file"),
     ],
 )
@@ -97,14 +104,17 @@ def test_never_overwritten_unless_asked(table_file):
 @pytest.mark.slow
 def test_tool_builds_a_table_that_training_loads(data_bin, tmp_path):
     out = tmp_path / "enc.table"
-    proc = run_cli("fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", 2,
-                   "--hash-type", "mi", "-o", out)
+    proc = run_cli(
+        "fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", 2, "--hash-type", "mi", "-o", out
+    )
     assert "types /" in proc.stdout and "expected encoder FLOPs speed-up on valid" in proc.stdout
-    again = run_cli("fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", 2, "-o", out,
-                    check=False)
+    again = run_cli(
+        "fairseq_hashee.cli.table", data_bin, "--stack", "encoder", "--num-layers", 2, "-o", out, check=False
+    )
     assert again.returncode != 0 and "exists; pass --force" in again.stderr
 
-    from test_cli import LAYERS as CLI_LAYERS, tables, train
+    from test_cli import LAYERS as CLI_LAYERS
+    from test_cli import tables, train
 
     assert CLI_LAYERS == 2
     train(data_bin, tmp_path / "ckpt", "--max-update", 1, "--encoder-hash-table", out)

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
+from fairseq_hashee.cli.wordpiece import main
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.tokenization import WordPieceTokenizer
-from fairseq_hashee.cli.wordpiece import main
 
 rng = random.Random(20240607)
 
@@ -25,11 +25,40 @@ ZH_PUNCT = "，。！？“”、（）《》：；…—"
 CJK_POOL = sorted({chr(c) for c in rng.sample(range(0x4E00, 0x9FFF), 400)} - set(KNOWN_ZH))
 CJK_IN_VOCAB = CJK_POOL[:300]  # the other 100 are out of the vocabulary
 WORDS = [
-    "the", "hello", "world", "cafe", "naive", "resume", "un", "##aff", "##able", "run", "##ning",
-    "##s", "##ed", "##ing", "summar", "##ization", "2020", "##20", "100", "cpt", "bart", "rouge",
+    "the",
+    "hello",
+    "world",
+    "cafe",
+    "naive",
+    "resume",
+    "un",
+    "##aff",
+    "##able",
+    "run",
+    "##ning",
+    "##s",
+    "##ed",
+    "##ing",
+    "summar",
+    "##ization",
+    "2020",
+    "##20",
+    "100",
+    "cpt",
+    "bart",
+    "rouge",
     "the",  # a duplicated line: BertTokenizer maps "the" to the later id
-    "café", "é",  # accented entries can never match: accents are stripped first
-    "##中", "##文", "😀", "\u3400", "\U00020000", "\u8c48", "ａ", "１", "αβγ",
+    "café",
+    "é",  # accented entries can never match: accents are stripped first
+    "##中",
+    "##文",
+    "😀",
+    "\u3400",
+    "\U00020000",
+    "\u8c48",
+    "ａ",
+    "１",
+    "αβγ",
 ]
 
 
@@ -67,8 +96,26 @@ def oracles(vocab):
 
 SEGMENTS = [
     lambda: "".join(rng.choice(CJK_POOL + list(KNOWN_ZH)) for _ in range(rng.randint(1, 12))),
-    lambda: rng.choice(["Café", "naïve", "Résumé", "ÜBER", "Hello", "WORLD", "unaffable", "Running",
-                        "summarization", "CPT", "BART", "ROUGE-L", "don't", "e-mail", "São", "Zoë"]),
+    lambda: rng.choice(
+        [
+            "Café",
+            "naïve",
+            "Résumé",
+            "ÜBER",
+            "Hello",
+            "WORLD",
+            "unaffable",
+            "Running",
+            "summarization",
+            "CPT",
+            "BART",
+            "ROUGE-L",
+            "don't",
+            "e-mail",
+            "São",
+            "Zoë",
+        ]
+    ),
     lambda: rng.choice(["2020", "3.14", "1,000", "100%", "$5", "2020年", "１２３", str(rng.randint(0, 10**6))]),
     lambda: rng.choice(list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + list(ZH_PUNCT) + ["...", "——"]),
     lambda: rng.choice([" ", "  ", "\t", "\u3000", "\u00a0", "\r", " \t "]),
@@ -76,8 +123,9 @@ SEGMENTS = [
     lambda: rng.choice(["😀", "🎉", "👍🏻", "\u2764\ufe0f"]),
     lambda: rng.choice(["[SEP]", "[MASK]", "[mask]", "[unused5]", "[CLS]x"]),
     lambda: rng.choice(["ab" * 60, "a" * 100, "a" * 101, "un" + "aff" * 33]),  # the limit is 100 chars
-    lambda: rng.choice(["e\u0301", "\u0301", "\uf900", "\u3400", "\U00020000", "한국어", "ひらがな",
-                        "αβγ", "ＡＢＣ", "ａ", "Ａ"]),
+    lambda: rng.choice(
+        ["e\u0301", "\u0301", "\uf900", "\u3400", "\U00020000", "한국어", "ひらがな", "αβγ", "ＡＢＣ", "ａ", "Ａ"]
+    ),
 ]
 WEIGHTS = [8, 5, 3, 5, 4, 1, 1, 1, 1, 2]
 
@@ -115,7 +163,7 @@ CLASSIC_ONLY = [
     # Python's str.lower gives a word-final capital sigma the final form (Rust: "##σ").
     ("ΑΣ", ["α", "##ς"]),
     # U+2B820..U+2B91F are BERT CJK ideographs (Rust's range starts at U+2B920: one [UNK] word).
-    ("\U0002B820\U0002B821", ["\U0002B820", "\U0002B821"]),
+    ("\U0002b820\U0002b821", ["\U0002b820", "\U0002b821"]),
     # A code point unassigned in Python's Unicode database is dropped (Rust keeps it: [UNK]).
     ("a\u0378a", ["a", "##a"]),
     # Punctuation added in Unicode 11 splits words (Rust's category tables predate it: [UNK]).
@@ -127,8 +175,22 @@ CLASSIC_ONLY = [
 
 @pytest.mark.parametrize("text,expected", CLASSIC_ONLY)
 def test_classic_bert_where_the_rust_backend_differs(tmp_path, text, expected):
-    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##a", "α", "##σ", "##ς",
-             "\U0002B820", "\U0002B821", "\u2e4f", "x "]
+    lines = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "a",
+        "##a",
+        "α",
+        "##σ",
+        "##ς",
+        "\U0002b820",
+        "\U0002b821",
+        "\u2e4f",
+        "x ",
+    ]
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert WordPieceTokenizer.from_vocab_file(path).tokenize(text) == expected
@@ -219,7 +281,9 @@ def test_cli_writes_pieces_and_counts_undecodable_lines(vocab, tmp_path):
 def test_cli_module_entry(vocab):
     proc = subprocess.run(
         [sys.executable, "-m", "fairseq_hashee.cli.wordpiece", "--vocab", str(vocab)],
-        input=CLI_INPUT, capture_output=True, timeout=120,
+        input=CLI_INPUT,
+        capture_output=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode("utf-8").split("\n")[1:3] == ["", "hello , cafe 2020 年 ！"]

@@ -47,7 +47,12 @@ from ..modules import flops
 from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..token_stats import TokenStats
 
-STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = "fairseq BART", "HashEE, no exits", "HashEE, encoder exits", "HashEE, enc+dec exits"
+STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
+    "fairseq BART",
+    "HashEE, no exits",
+    "HashEE, encoder exits",
+    "HashEE, enc+dec exits",
+)
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS)
 TARGETS = {"no_exit_overhead": 1.03, "encoder_efficiency": 0.9, "generation_efficiency": 0.8}
 # The resident-set measure moves by a fraction of a MiB between identical runs.
@@ -82,9 +87,15 @@ def model_overrides(text: str) -> Dict[str, int]:
 
 def build_models(args, dictionary, max_source: int):
     """HashEE and stock fairseq BART with the same weights, in eval mode."""
-    model_args = argparse.Namespace(arch=args.arch, task="hashee_summarization", dropout=0.0, attention_dropout=0.0,
-                                    max_source_positions=max_source, max_target_positions=max(args.tgt_len + 2, 8),
-                                    **model_overrides(args.model_args))
+    model_args = argparse.Namespace(
+        arch=args.arch,
+        task="hashee_summarization",
+        dropout=0.0,
+        attention_dropout=0.0,
+        max_source_positions=max_source,
+        max_target_positions=max(args.tgt_len + 2, 8),
+        **model_overrides(args.model_args),
+    )
     ARCH_CONFIG_REGISTRY[args.arch](model_args)
     torch.manual_seed(args.seed)
     hashee = models.HashEEBARTModel if args.arch.startswith("hashee_bart") else models.HashEECPTModel
@@ -122,7 +133,7 @@ def zipf_probabilities(dictionary: Dictionary, exponent: float = 1.0) -> np.ndar
     """Probability of each id in synthetic text: Zipf over the non-special ids, in id order."""
     probs = np.zeros(len(dictionary))
     ranks = np.arange(len(dictionary) - dictionary.nspecial)
-    probs[dictionary.nspecial:] = 1.0 / (ranks + 2.7) ** exponent
+    probs[dictionary.nspecial :] = 1.0 / (ranks + 2.7) ** exponent
     return probs / probs.sum()
 
 
@@ -141,8 +152,15 @@ def synthetic_tables(args, hashee, dictionary) -> Dict[str, np.ndarray]:
     tables = {}
     for stack in ("encoder", "decoder"):
         module = getattr(hashee, stack)
-        recipe = TableRecipe(stack, _stack_options(args, stack), module.num_layers, dictionary.symbols,
-                             dictionary.nspecial, stats, "synthetic Zipf text")
+        recipe = TableRecipe(
+            stack,
+            _stack_options(args, stack),
+            module.num_layers,
+            dictionary.symbols,
+            dictionary.nspecial,
+            stats,
+            "synthetic Zipf text",
+        )
         tables[stack] = recipe.build(_embeddings(module), "benchmark model").table
     return tables
 
@@ -166,7 +184,9 @@ class Inputs:
         weights = torch.from_numpy(probs)
         src = torch.multinomial(weights, batch * src_len, replacement=True, generator=gen).view(batch, src_len)
         src[:, -1] = dictionary.eos()
-        tgt = torch.multinomial(weights, batch * args.tgt_len, replacement=True, generator=gen).view(batch, args.tgt_len)
+        tgt = torch.multinomial(weights, batch * args.tgt_len, replacement=True, generator=gen).view(
+            batch, args.tgt_len
+        )
         self.src_tokens = src.to(device)
         self.src_lengths = torch.full((batch,), src_len, device=device)
         self.prefix = None if args.free_decoding else tgt.to(device)
@@ -273,12 +293,21 @@ def _runner(setting: Setting, models_by_config, args, dictionary) -> Callable[[s
     def prepare(config):
         model = stock if config == STOCK else hashee
         if config != STOCK:
-            set_tables(hashee, None if config == NO_EXITS else tables["encoder"],
-                       tables["decoder"] if config == ALL_EXITS else None)
+            set_tables(
+                hashee,
+                None if config == NO_EXITS else tables["encoder"],
+                tables["decoder"] if config == ALL_EXITS else None,
+            )
         if setting.kind == "encoder":
             return lambda: model.encoder(inputs.src_tokens, inputs.src_lengths)
-        generator = SequenceGenerator([model], dictionary, beam_size=args.beam, max_len_a=0,
-                                      max_len_b=args.tgt_len, min_len=1 if args.free_decoding else args.tgt_len)
+        generator = SequenceGenerator(
+            [model],
+            dictionary,
+            beam_size=args.beam,
+            max_len_a=0,
+            max_len_b=args.tgt_len,
+            min_len=1 if args.free_decoding else args.tgt_len,
+        )
         return lambda: generator.generate([model], inputs.sample, prefix_tokens=inputs.prefix)
 
     return prepare
@@ -342,54 +371,89 @@ def setting_rows(setting: Setting, counts: dict, memory: dict, walls: Dict[str, 
         key = "enc_speedup" if setting.kind == "encoder" else "total_speedup"
         flops_speedup = 1.0 if c == STOCK else report[key]
         tokens = inputs.src_tokens.numel() if setting.kind == "encoder" else inputs.src_tokens.size(0) * args.tgt_len
-        rows.append({
-            "kind": setting.kind, "src_len": inputs.src_tokens.size(1), "batch": inputs.src_tokens.size(0), "config": c,
-            "wall_s": wall, "wall_runs_s": runs, "wall_speedup": wall_speedup, "flops_speedup": flops_speedup,
-            "efficiency": wall_speedup / flops_speedup, "tokens_per_s": tokens / wall,
-            "peak_memory_mib": memory[c],
-            "enc_mean_exit": report["enc_mean_exit"], "dec_mean_exit": report["dec_mean_exit"],
-        })
+        rows.append(
+            {
+                "kind": setting.kind,
+                "src_len": inputs.src_tokens.size(1),
+                "batch": inputs.src_tokens.size(0),
+                "config": c,
+                "wall_s": wall,
+                "wall_runs_s": runs,
+                "wall_speedup": wall_speedup,
+                "flops_speedup": flops_speedup,
+                "efficiency": wall_speedup / flops_speedup,
+                "tokens_per_s": tokens / wall,
+                "peak_memory_mib": memory[c],
+                "enc_mean_exit": report["enc_mean_exit"],
+                "dec_mean_exit": report["dec_mean_exit"],
+            }
+        )
     return rows
 
 
 def check_targets(rows: List[dict]) -> List[dict]:
     def find(kind, config, **where):
-        return [r for r in rows if r["kind"] == kind and r["config"] == config
-                and all(r[k] == v for k, v in where.items())]
+        return [
+            r for r in rows if r["kind"] == kind and r["config"] == config and all(r[k] == v for k, v in where.items())
+        ]
 
     checks = []
     for kind in ("encoder", "generate"):
         # Speed-ups are over stock BART when it ran (a BART architecture).
         for ours in find(kind, NO_EXITS) if find(kind, STOCK) else []:
             ratio = 1.0 / ours["wall_speedup"]  # the rows' paired estimate, not a ratio of medians
-            checks.append({"target": f"no-exit overhead, {kind} (src {ours['src_len']}, batch {ours['batch']})",
-                           "value": ratio, "want": f"<= {TARGETS['no_exit_overhead']}",
-                           "met": ratio <= TARGETS["no_exit_overhead"]})
+            checks.append(
+                {
+                    "target": f"no-exit overhead, {kind} (src {ours['src_len']}, batch {ours['batch']})",
+                    "value": ratio,
+                    "want": f"<= {TARGETS['no_exit_overhead']}",
+                    "met": ratio <= TARGETS["no_exit_overhead"],
+                }
+            )
         for stock, ours in zip(find(kind, STOCK), find(kind, ALL_EXITS)):
             if ours["peak_memory_mib"] is not None and stock["peak_memory_mib"] is not None:
-                checks.append({"target": f"peak memory, {kind} (src {ours['src_len']}, batch {ours['batch']})",
-                               "value": ours["peak_memory_mib"] - stock["peak_memory_mib"],
-                               "want": f"<= {MEMORY_TOLERANCE_MIB} MiB over stock",
-                               "met": ours["peak_memory_mib"] <= stock["peak_memory_mib"] + MEMORY_TOLERANCE_MIB})
+                checks.append(
+                    {
+                        "target": f"peak memory, {kind} (src {ours['src_len']}, batch {ours['batch']})",
+                        "value": ours["peak_memory_mib"] - stock["peak_memory_mib"],
+                        "want": f"<= {MEMORY_TOLERANCE_MIB} MiB over stock",
+                        "met": ours["peak_memory_mib"] <= stock["peak_memory_mib"] + MEMORY_TOLERANCE_MIB,
+                    }
+                )
     for row in find("encoder", ENC_EXITS):
-        checks.append({"target": f"encoder efficiency (src {row['src_len']}, batch {row['batch']})",
-                       "value": row["efficiency"], "want": f">= {TARGETS['encoder_efficiency']}",
-                       "met": row["efficiency"] >= TARGETS["encoder_efficiency"]})
+        checks.append(
+            {
+                "target": f"encoder efficiency (src {row['src_len']}, batch {row['batch']})",
+                "value": row["efficiency"],
+                "want": f">= {TARGETS['encoder_efficiency']}",
+                "met": row["efficiency"] >= TARGETS["encoder_efficiency"],
+            }
+        )
     for row in find("generate", ALL_EXITS):
-        checks.append({"target": f"generation efficiency, enc+dec exits (src {row['src_len']}, batch {row['batch']})",
-                       "value": row["efficiency"], "want": f">= {TARGETS['generation_efficiency']}",
-                       "met": row["efficiency"] >= TARGETS["generation_efficiency"]})
+        checks.append(
+            {
+                "target": f"generation efficiency, enc+dec exits (src {row['src_len']}, batch {row['batch']})",
+                "value": row["efficiency"],
+                "want": f">= {TARGETS['generation_efficiency']}",
+                "met": row["efficiency"] >= TARGETS["generation_efficiency"],
+            }
+        )
     return checks
 
 
 def format_rows(rows: List[dict]) -> str:
-    head = f"{'kind':<9}{'src':>6}{'bsz':>5}  {'configuration':<24}{'wall s':>9}{'wall x':>8}{'FLOPs x':>9}{'eff.':>7}{'tok/s':>10}{'peak MiB':>10}"
+    head = (
+        f"{'kind':<9}{'src':>6}{'bsz':>5}  {'configuration':<24}"
+        f"{'wall s':>9}{'wall x':>8}{'FLOPs x':>9}{'eff.':>7}{'tok/s':>10}{'peak MiB':>10}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "n/a"
-        lines.append(f"{r['kind']:<9}{r['src_len']:>6}{r['batch']:>5}  {r['config']:<24}{r['wall_s']:>9.3f}"
-                     f"{r['wall_speedup']:>8.2f}{r['flops_speedup']:>9.2f}{r['efficiency']:>7.2f}"
-                     f"{r['tokens_per_s']:>10.0f}{mem:>10}")
+        lines.append(
+            f"{r['kind']:<9}{r['src_len']:>6}{r['batch']:>5}  {r['config']:<24}{r['wall_s']:>9.3f}"
+            f"{r['wall_speedup']:>8.2f}{r['flops_speedup']:>9.2f}{r['efficiency']:>7.2f}"
+            f"{r['tokens_per_s']:>10.0f}{mem:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -481,20 +545,36 @@ def run(args) -> dict:
             dictionary = synthetic_dictionary(args.vocab_size)
         hashee, stock = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
         tables = dataset_tables(args, hashee, dictionary) if args.data else synthetic_tables(args, hashee, dictionary)
-        models_by_config = tuple(None if m is None else m.to(device=device, dtype=dtype).eval() for m in (hashee, stock))
+        models_by_config = tuple(
+            None if m is None else m.to(device=device, dtype=dtype).eval() for m in (hashee, stock)
+        )
         probs = zipf_probabilities(dictionary)
 
-        settings = [] if "encoder" in skip else [
-            Setting("encoder", Inputs(args, dictionary, probs, n, b, device), tables) for n in src_lens for b in batches
-        ]
-        settings += [] if "generate" in skip else [
-            Setting("generate", Inputs(args, dictionary, probs, args.gen_src_len, b, device), tables) for b in gen_batches
-        ]
+        settings = (
+            []
+            if "encoder" in skip
+            else [
+                Setting("encoder", Inputs(args, dictionary, probs, n, b, device), tables)
+                for n in src_lens
+                for b in batches
+            ]
+        )
+        settings += (
+            []
+            if "generate" in skip
+            else [
+                Setting("generate", Inputs(args, dictionary, probs, args.gen_src_len, b, device), tables)
+                for b in gen_batches
+            ]
+        )
         swept = []
-        for buckets in (args.sweep.split(";") if args.sweep else []):
+        for buckets in args.sweep.split(";") if args.sweep else []:
             sweep_args = argparse.Namespace(**{**vars(args), "encoder_exit_layers": buckets})
-            sweep_tables = (dataset_tables(sweep_args, hashee, dictionary) if args.data
-                            else synthetic_tables(sweep_args, hashee, dictionary))
+            sweep_tables = (
+                dataset_tables(sweep_args, hashee, dictionary)
+                if args.data
+                else synthetic_tables(sweep_args, hashee, dictionary)
+            )
             inputs = Inputs(args, dictionary, probs, src_lens[0], batches[0], device)
             swept.append((buckets, Setting("encoder", inputs, sweep_tables)))
 
@@ -510,29 +590,43 @@ def run(args) -> dict:
         walls = time_setting(setting, models_by_config, args, dictionary, device)
         results.append(setting_rows(setting, counts, memory, walls, args))
     rows = [row for result in results[: len(settings)] for row in result]
-    sweep = [{**[r for r in result if r["config"] == ENC_EXITS][0], "buckets": buckets}
-             for (buckets, _), result in zip(swept, results[len(settings):])]
+    sweep = [
+        {**[r for r in result if r["config"] == ENC_EXITS][0], "buckets": buckets}
+        for (buckets, _), result in zip(swept, results[len(settings) :])
+    ]
 
     checks = check_targets(rows)
     print(format_rows(rows))
     for s in sweep:
-        print(f"sweep buckets {s['buckets']:<16} FLOPs x {s['flops_speedup']:.2f}  wall x {s['wall_speedup']:.2f}  "
-              f"efficiency {s['efficiency']:.2f}")
+        print(
+            f"sweep buckets {s['buckets']:<16} FLOPs x {s['flops_speedup']:.2f}  wall x {s['wall_speedup']:.2f}  "
+            f"efficiency {s['efficiency']:.2f}"
+        )
     print()
     for c in checks:
         print(f"{'MET ' if c['met'] else 'MISS'}  {c['target']}: {c['value']:.3f} (want {c['want']})")
     result = {
-        "settings": {**{k: v for k, v in vars(args).items()}, "torch": torch.__version__, "python": platform.python_version(),
-                     "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-        "rows": rows, "sweep": sweep, "targets": checks,
+        "settings": {
+            **{k: v for k, v in vars(args).items()},
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        "rows": rows,
+        "sweep": sweep,
+        "targets": checks,
     }
     if args.json:
         with atomic_write(args.json) as out:
             json.dump(result, out, indent=2)
     if args.plot:
-        points = [{**r, "label": f"enc {r['src_len']}x{r['batch']}"} for r in rows
-                  if r["kind"] == "encoder" and r["config"] == ENC_EXITS]
+        points = [
+            {**r, "label": f"enc {r['src_len']}x{r['batch']}"}
+            for r in rows
+            if r["kind"] == "encoder" and r["config"] == ENC_EXITS
+        ]
         points += [{**s, "label": s["buckets"]} for s in sweep]
         plot(points, args.plot)
     return result

@@ -126,24 +126,37 @@ def convert(hf_dir: str, out_dir: str, force: bool = False, gpt2_encoder: str = 
         vocab.write_dict(scratch_dict)
         dictionary = Dictionary.load(scratch_dict)
         if len(dictionary) != len(vocab.symbols):
-            raise HashEEError(f"{hf_dir}: the vocabulary became {len(dictionary)} fairseq symbols, not {len(vocab.symbols)}")
+            raise HashEEError(
+                f"{hf_dir}: the vocabulary became {len(dictionary)} fairseq symbols, not {len(vocab.symbols)}"
+            )
         build_checked_model(converted, arch, dictionary)
 
     state = {
         "args": None,
         "cfg": None,
         "model": converted.state,
-        "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {"train_iterator": {"epoch": 1}, "hashee_converted_from": os.path.abspath(hf_dir),
-                        "hashee_arch": arch, "hashee_options": options},
+        "optimizer_history": [
+            {"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {"best": None}, "num_updates": 0}
+        ],
+        "extra_state": {
+            "train_iterator": {"epoch": 1},
+            "hashee_converted_from": os.path.abspath(hf_dir),
+            "hashee_arch": arch,
+            "hashee_options": options,
+        },
         "last_optimizer_state": None,
     }
     with atomic_write(model_path, binary=True) as out:
         torch.save(state, out)
     vocab.write_dict(dict_path)
-    return {"family": converted.family, "arch": arch, "options": options,
-            "dropped": converted.dropped, "vocab": vocab.kind, "symbols": len(vocab.symbols)}
+    return {
+        "family": converted.family,
+        "arch": arch,
+        "options": options,
+        "dropped": converted.dropped,
+        "vocab": vocab.kind,
+        "symbols": len(vocab.symbols),
+    }
 
 
 def main(argv=None):
@@ -153,18 +166,25 @@ def main(argv=None):
     parser.add_argument("hf_dir", help="Hugging Face checkpoint directory")
     parser.add_argument("-o", "--output-dir", required=True, help="where model.pt and dict.txt go")
     parser.add_argument("--force", action="store_true", help="overwrite an existing model.pt / dict.txt")
-    parser.add_argument("--gpt2-encoder", metavar="ENCODER_JSON",
-                        help="English BART: name dict.txt symbols by GPT-2 id (fairseq's GPT-2 BPE)")
+    parser.add_argument(
+        "--gpt2-encoder",
+        metavar="ENCODER_JSON",
+        help="English BART: name dict.txt symbols by GPT-2 id (fairseq's GPT-2 BPE)",
+    )
     args = parser.parse_args(argv)
     try:
         report = convert(args.hf_dir, args.output_dir, args.force, args.gpt2_encoder)
     except HashEEError as err:
         sys.exit(f"error: {err}")
-    print(f"{report['family'].upper()} checkpoint -> {args.output_dir}/model.pt, dict.txt "
-          f"({report['symbols']} symbols, {report['vocab']} vocabulary)")
+    print(
+        f"{report['family'].upper()} checkpoint -> {args.output_dir}/model.pt, dict.txt "
+        f"({report['symbols']} symbols, {report['vocab']} vocabulary)"
+    )
     print(f"dropped: {'; '.join(report['dropped']) or 'nothing'}")
-    print(f"fine-tune with: fairseq-train ... --user-dir fairseq_hashee --task hashee_summarization "
-          f"--arch {report['arch']} {report['options']} --restore-file {args.output_dir}/model.pt {RESET_FLAGS}")
+    print(
+        f"fine-tune with: fairseq-train ... --user-dir fairseq_hashee --task hashee_summarization "
+        f"--arch {report['arch']} {report['options']} --restore-file {args.output_dir}/model.pt {RESET_FLAGS}"
+    )
 
 
 if __name__ == "__main__":

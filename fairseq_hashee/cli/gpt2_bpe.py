@@ -28,8 +28,12 @@ def main(argv=None) -> None:
     parser.add_argument("--inputs", nargs="+", help="text files, one example a line")
     parser.add_argument("--outputs", nargs="+", help="where the ids of each input go (same order)")
     parser.add_argument("--workers", type=int, default=1, help="encoding processes")
-    parser.add_argument("--max-len", type=int, help="cut longer lines to this many ids, counted (for BART: 1023, "
-                        "fairseq-preprocess appends </s> to reach the 1024 positions)")
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        help="cut longer lines to this many ids, counted (for BART: 1023, "
+        "fairseq-preprocess appends </s> to reach the 1024 positions)",
+    )
     parser.add_argument("--decode", action="store_true", help="read lines of ids on stdin, write text")
     args = parser.parse_args(argv)
     if args.decode == bool(args.inputs or args.outputs):

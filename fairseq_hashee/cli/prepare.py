@@ -37,8 +37,15 @@ def held_out_fractions(reader, valid: Optional[float], test: Optional[float]) ->
     return {**reader.HELD_OUT, **given}
 
 
-def prepare(dataset: str, raw_dir: str, out_dir: str, force: bool = False, seed: int = 1,
-            valid_fraction: Optional[float] = None, test_fraction: Optional[float] = None) -> dict:
+def prepare(
+    dataset: str,
+    raw_dir: str,
+    out_dir: str,
+    force: bool = False,
+    seed: int = 1,
+    valid_fraction: Optional[float] = None,
+    test_fraction: Optional[float] = None,
+) -> dict:
     """Read, clean and write one release; returns the report also saved as prepare.json."""
     reader = READERS[dataset]
     fractions = held_out_fractions(reader, valid_fraction, test_fraction)
@@ -58,8 +65,13 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, force: bool = False, seed:
         for split in SPLITS:
             if not counts.get(split):
                 raise HashEEError(f"{raw_dir}: no usable {split} examples ({tally.summary()})")
-        report = {"dataset": dataset, "raw_dir": os.path.abspath(raw_dir), "examples": {split: counts[split] for split in SPLITS},
-                  "skipped": tally.as_dict(), "seed": seed if POOL in entries else None}
+        report = {
+            "dataset": dataset,
+            "raw_dir": os.path.abspath(raw_dir),
+            "examples": {split: counts[split] for split in SPLITS},
+            "skipped": tally.as_dict(),
+            "seed": seed if POOL in entries else None,
+        }
         with open(os.path.join(tmp, "prepare.json"), "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2)
     print(f"{dataset}: " + ", ".join(f"{split} {counts[split]}" for split in SPLITS) + " examples")
@@ -69,8 +81,9 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, force: bool = False, seed:
 
 def _write(folder: str, split: str, records) -> int:
     count = 0
-    with open(os.path.join(folder, f"{split}.source"), "w", encoding="utf-8") as source, \
-            open(os.path.join(folder, f"{split}.target"), "w", encoding="utf-8") as target:
+    with open(os.path.join(folder, f"{split}.source"), "w", encoding="utf-8") as source, open(
+        os.path.join(folder, f"{split}.target"), "w", encoding="utf-8"
+    ) as target:
         for record in records:
             source.write(record.source + "\n")
             target.write(record.target + "\n")
@@ -81,7 +94,8 @@ def _write(folder: str, split: str, records) -> int:
 def main(argv=None):
     readers = "\n".join(f"  {name:<8} {reader.DESCRIPTION}" for name, reader in READERS.items())
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=f"datasets:\n{readers}",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"datasets:\n{readers}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", choices=sorted(READERS))
@@ -89,14 +103,21 @@ def main(argv=None):
     parser.add_argument("out_dir", help="where {train,valid,test}.{source,target} go")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--seed", type=int, default=1, help="seed of the split of releases that have none")
-    parser.add_argument("--valid-fraction", type=float, help="share of examples held out for validation "
-                        "(releases without a split; reddit 0.1, ttnews 0.04)")
-    parser.add_argument("--test-fraction", type=float, help="share held out for test (reddit 0.1; ttnews 0.04 "
-                        "when there is no evaluation_with_ground_truth.txt)")
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        help="share of examples held out for validation (releases without a split; reddit 0.1, ttnews 0.04)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        help="share held out for test (reddit 0.1; ttnews 0.04 when there is no evaluation_with_ground_truth.txt)",
+    )
     args = parser.parse_args(argv)
     try:
-        prepare(args.dataset, args.raw_dir, args.out_dir, args.force, args.seed, args.valid_fraction,
-                args.test_fraction)
+        prepare(
+            args.dataset, args.raw_dir, args.out_dir, args.force, args.seed, args.valid_fraction, args.test_fraction
+        )
     except HashEEError as err:
         sys.exit(f"error: {err}")
 

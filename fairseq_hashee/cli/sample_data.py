@@ -60,9 +60,7 @@ def docstring_pairs(
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder for {train,valid,test}.{src,tgt}")
-    parser.add_argument(
-        "--stdlib", default=sysconfig.get_paths()["stdlib"], help="folder of Python sources to read"
-    )
+    parser.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"], help="folder of Python sources to read")
     parser.add_argument("--valid", type=int, default=100, help="pairs in the valid split")
     parser.add_argument("--test", type=int, default=100, help="pairs in the test split")
     parser.add_argument("--max-train", type=int, default=4000, help="at most this many training pairs")

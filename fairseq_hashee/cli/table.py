@@ -121,7 +121,12 @@ def run(args, parser):
         dictionary = Dictionary.load(args.dict)
         stats = TokenStats(np.asarray(dictionary.count, dtype=np.int64))
         recipe = TableRecipe(
-            args.stack, options, args.num_layers, dictionary.symbols, dictionary.nspecial, stats,
+            args.stack,
+            options,
+            args.num_layers,
+            dictionary.symbols,
+            dictionary.nspecial,
+            stats,
             os.path.basename(args.dict),
         )
     else:
@@ -129,7 +134,8 @@ def run(args, parser):
             if not os.path.exists(os.path.join(args.data, f"dict.{lang}.txt")):
                 raise HashEEError(f"{args.data}: no dict.{lang}.txt (see -s/-t)")
         src_dict, tgt_dict = (
-            Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt")) for lang in (args.source_lang, args.target_lang)
+            Dictionary.load(os.path.join(args.data, f"dict.{lang}.txt"))
+            for lang in (args.source_lang, args.target_lang)
         )
         sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
         recipe = recipe_from_split(sides, args.stack, options, args.num_layers)

@@ -38,8 +38,12 @@ def main(
     parser.add_argument("--inputs", nargs="+", help="encode these files instead of stdin (in worker processes)")
     parser.add_argument("--outputs", nargs="+", help="where the pieces of each input go (same order)")
     parser.add_argument("--workers", type=int, default=1, help="with --inputs: encoding processes")
-    parser.add_argument("--max-len", type=int, help="with --inputs: cut longer lines to this many tokens "
-                        "(--prepend included), counted; for CPT 511, fairseq-preprocess appends the 512th")
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        help="with --inputs: cut longer lines to this many tokens "
+        "(--prepend included), counted; for CPT 511, fairseq-preprocess appends the 512th",
+    )
     args = parser.parse_args(argv)
     if args.inputs or args.outputs:
         if args.decode:

@@ -68,13 +68,22 @@ def _rules_cpt(shared_layers: int) -> List[Tuple[str, Callable[[re.Match], Targe
         (r"model\.encoder\.embeddings\.word_embeddings\.weight", lambda m: EMBEDDINGS),
         (r"model\.encoder\.embeddings\.position_embeddings\.weight", lambda m: "encoder.embed_positions.weight"),
         (r"model\.encoder\.embeddings\.token_type_embeddings\.weight", lambda m: "encoder.embed_token_types.weight"),
-        (r"model\.encoder\.embeddings\.LayerNorm\.(weight|bias)", lambda m: f"encoder.layernorm_embedding.{m.group(1)}"),
+        (
+            r"model\.encoder\.embeddings\.LayerNorm\.(weight|bias)",
+            lambda m: f"encoder.layernorm_embedding.{m.group(1)}",
+        ),
         (r"model\.encoder\.embeddings\.(position_ids|token_type_ids)", lambda m: (None, "index buffer")),
         (rf"model\.encoder\.encoder\.layer\.(\d+)\.({sublayers})\.(weight|bias)", bert_layer),
         (r"model\.encoder\.pooler\..*", lambda m: (None, "BERT pooler (not used for generation)")),
         (r"model\.(shared|decoder\.embed_tokens)\.weight|lm_head\.weight", lambda m: EMBEDDINGS),
-        (r"model\.decoder\.(embed_positions\.weight|layernorm_embedding\.(?:weight|bias))", lambda m: f"decoder.{m.group(1)}"),
-        (rf"model\.decoder\.layers\.(\d+)\.{_BART_SUBLAYER}", lambda m: f"decoder.layers.{m.group(1)}.{m.group(2)}.{m.group(3)}"),
+        (
+            r"model\.decoder\.(embed_positions\.weight|layernorm_embedding\.(?:weight|bias))",
+            lambda m: f"decoder.{m.group(1)}",
+        ),
+        (
+            rf"model\.decoder\.layers\.(\d+)\.{_BART_SUBLAYER}",
+            lambda m: f"decoder.layers.{m.group(1)}.{m.group(2)}.{m.group(3)}",
+        ),
         (r"final_logits_bias", lambda m: (None, "final_logits_bias")),
     ]
 
@@ -145,9 +154,7 @@ def _activation(config: dict, source: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def convert_state(
-    weights: Dict[str, Tensor], config: dict, vocab: VocabMapping, source: str
-) -> Converted:
+def convert_state(weights: Dict[str, Tensor], config: dict, vocab: VocabMapping, source: str) -> Converted:
     """Rename, reorder and check every tensor; fairseq option values come from the config."""
     family = detect_family(weights, source)
     if config.get("add_final_layer_norm") or config.get("normalize_before"):

@@ -48,8 +48,9 @@ class VocabMapping:
 def map_vocab(symbols: Sequence[str], source: str) -> VocabMapping:
     for index, symbol in enumerate(symbols):
         if symbol == "" or any(ch.isspace() for ch in symbol):
-            raise HashEEError(f"{source}: symbol {index} ({symbol!r}) is empty or has whitespace; "
-                              "a fairseq dictionary cannot hold it")
+            raise HashEEError(
+                f"{source}: symbol {index} ({symbol!r}) is empty or has whitespace; a fairseq dictionary cannot hold it"
+            )
     if list(symbols[: len(FAIRSEQ_SPECIALS)]) == list(FAIRSEQ_SPECIALS):
         return VocabMapping("bart", torch.arange(len(symbols)), list(symbols))
     missing = [s for s in BERT_SPECIALS if s not in symbols]

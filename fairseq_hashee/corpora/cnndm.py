@@ -28,7 +28,9 @@ _CLOSERS = (".", "!", "?", "'", '"', ")", "\u2019", "\u201d")
 
 
 def read(raw_dir: str) -> Dict[str, Iterator[Entry]]:
-    url_lists = {split: find_file(raw_dir, name, "the CNN/DM URL list of that split") for split, name in URL_LISTS.items()}
+    url_lists = {
+        split: find_file(raw_dir, name, "the CNN/DM URL list of that split") for split, name in URL_LISTS.items()
+    }
     stories = _story_index(raw_dir)
     for path in url_lists.values():
         _check_all_present(path, stories)
@@ -39,7 +41,9 @@ def _story_index(raw_dir: str) -> Dict[str, str]:
     """SHA1 hex -> story path, over every *.story below raw_dir."""
     paths = glob.glob(os.path.join(glob.escape(raw_dir), "**", "*.story"), recursive=True)
     if not paths:
-        raise HashEEError(f"{raw_dir}: no *.story files (expected cnn/stories/ and dailymail/stories/ of the CNN/DM release)")
+        raise HashEEError(
+            f"{raw_dir}: no *.story files (expected cnn/stories/ and dailymail/stories/ of the CNN/DM release)"
+        )
     return {os.path.basename(path)[: -len(".story")]: path for path in paths}
 
 
@@ -56,8 +60,10 @@ def _check_all_present(path: str, stories: Dict[str, str]) -> None:
     if missing:
         number, url, digest = missing[0]
         total = sum(1 for _ in _urls(path))
-        raise HashEEError(f"{path}:{number}: no story {digest}.story for {url} ({len(missing)} of {total} URLs "
-                          "have none; the release has cnn/stories and dailymail/stories)")
+        raise HashEEError(
+            f"{path}:{number}: no story {digest}.story for {url} ({len(missing)} of {total} URLs "
+            "have none; the release has cnn/stories and dailymail/stories)"
+        )
 
 
 def _split(path: str, stories: Dict[str, str]) -> Iterator[Entry]:

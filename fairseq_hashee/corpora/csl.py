@@ -16,7 +16,9 @@ FILES = {"train": "train.json", "valid": "dev.json", "test": "test.json"}
 
 
 def read(raw_dir: str) -> Dict[str, Iterator[Entry]]:
-    paths = {split: find_file(raw_dir, name, "CPT's CSL summarization data, SUMMARY.csl/") for split, name in FILES.items()}
+    paths = {
+        split: find_file(raw_dir, name, "CPT's CSL summarization data, SUMMARY.csl/") for split, name in FILES.items()
+    }
     return {split: _items(path) for split, path in paths.items()}
 
 

@@ -42,7 +42,9 @@ def _lines(path: str) -> List[str]:
 def _pairs(source_path: str, target_path: str) -> Iterator[Entry]:
     sources, targets = _lines(source_path), _lines(target_path)
     if len(sources) != len(targets):
-        raise HashEEError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
-                          "line i of one must be the summary of line i of the other")
+        raise HashEEError(
+            f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
+            "line i of one must be the summary of line i of the other"
+        )
     for number, (source, target) in enumerate(zip(sources, targets), 1):
         yield Record(source, target, f"{source_path}:{number}")

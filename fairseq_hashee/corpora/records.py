@@ -119,10 +119,14 @@ def find_file(raw_dir: str, name: str, what: str, required: bool = True) -> Opti
     direct = os.path.join(raw_dir, name)
     if os.path.isfile(direct):
         return direct
-    found = sorted(p for p in glob.glob(os.path.join(glob.escape(raw_dir), "**", name), recursive=True) if os.path.isfile(p))
+    found = sorted(
+        p for p in glob.glob(os.path.join(glob.escape(raw_dir), "**", name), recursive=True) if os.path.isfile(p)
+    )
     if len(found) > 1:
-        raise HashEEError(f"{raw_dir}: {len(found)} files named {name} ({found[0]}, {found[1]}, ...); "
-                          "point RAW_DIR at a single release")
+        raise HashEEError(
+            f"{raw_dir}: {len(found)} files named {name} ({found[0]}, {found[1]}, ...); "
+            "point RAW_DIR at a single release"
+        )
     if not found and required:
         raise HashEEError(f"{raw_dir}: no {name} ({what})")
     return found[0] if found else None

@@ -10,7 +10,6 @@ task built (rebuilt from the checkpoint's embeddings for the cluster hash).
 import logging
 
 import torch
-
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
@@ -106,9 +105,7 @@ class HashEEBARTModel(BARTModel):
                 and not torch.equal(state_dict[key].to(stack.exit_table), stack.exit_table)
             ):
                 # Resuming must keep the exits the model was trained with.
-                logger.warning(
-                    f"using the checkpoint's {key}, not the table {stack.exit_table_source} built"
-                )
+                logger.warning(f"using the checkpoint's {key}, not the table {stack.exit_table_source} built")
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         try:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from .layer_plan import ActivePositions
 from .gathered_linear import gathered_linear
+from .layer_plan import ActivePositions
 
 
 def _fused_kv_parameters(attn: MultiheadAttention) -> Tuple[Tensor, Optional[Tensor]]:

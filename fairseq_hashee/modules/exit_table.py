@@ -21,9 +21,7 @@ class ExitTableMixin:
     stack_name = "stack"
 
     def _init_exit_table(self, dictionary):
-        self.register_buffer(
-            "exit_table", torch.full((len(dictionary),), self.num_layers, dtype=torch.long)
-        )
+        self.register_buffer("exit_table", torch.full((len(dictionary),), self.num_layers, dtype=torch.long))
         # Who set the table (an option name), None while it is the all-L default.
         self.exit_table_source = None
         # How the task built the table (table_builder.TableRecipe), kept for a

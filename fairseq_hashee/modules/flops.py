@@ -22,7 +22,6 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import Tensor
 
-
 STACKS = ("encoder", "decoder")
 QUANTITIES = ("flops_spent", "flops_full", "exit_sum", "positions")
 METER_KEYS = tuple(f"{stack}_{quantity}" for stack in STACKS for quantity in QUANTITIES)
@@ -72,10 +71,7 @@ def decoder_flops(
     real = (exits > 0).double()
     exits = exits.double()
     per_layer = (
-        8.0 * d * d
-        + 4.0 * d * f
-        + 4.0 * d * (positions.double() + 1.0)
-        + 4.0 * d * src_lengths.double()[:, None]
+        8.0 * d * d + 4.0 * d * f + 4.0 * d * (positions.double() + 1.0) + 4.0 * d * src_lengths.double()[:, None]
     )
     per_position = 4.0 * d * d * num_layers + 2.0 * d * shape.vocab
     total = (exits * per_layer).sum() + per_position * real.sum()

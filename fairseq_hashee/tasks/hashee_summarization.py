@@ -149,12 +149,22 @@ class HashEESummarizationTask(TranslationTask):
         cfg = self.cfg
         if stack == "encoder":
             return TableOptions(
-                cfg.encoder_hash_type, cfg.encoder_exit_layers, cfg.encoder_exit_min,
-                cfg.encoder_exit_max, cfg.encoder_exit_step, cfg.hash_seed, "--encoder-",
+                cfg.encoder_hash_type,
+                cfg.encoder_exit_layers,
+                cfg.encoder_exit_min,
+                cfg.encoder_exit_max,
+                cfg.encoder_exit_step,
+                cfg.hash_seed,
+                "--encoder-",
             )
         return TableOptions(
-            cfg.decoder_hash_type, cfg.decoder_exit_layers, cfg.decoder_exit_min,
-            cfg.decoder_exit_max, cfg.decoder_exit_step, cfg.hash_seed, "--decoder-",
+            cfg.decoder_hash_type,
+            cfg.decoder_exit_layers,
+            cfg.decoder_exit_min,
+            cfg.decoder_exit_max,
+            cfg.decoder_exit_step,
+            cfg.hash_seed,
+            "--decoder-",
         )
 
     def install_exit_tables(self, model) -> None:
@@ -183,7 +193,10 @@ class HashEESummarizationTask(TranslationTask):
                     # The table follows the model's embeddings: those it starts
                     # with, or those --restore-file brings (HashEEBARTModel rebuilds it).
                     stack.exit_table_recipe = recipe
-                    embeddings, described = stack.embed_tokens.weight.detach().float().cpu().numpy(), "initial embeddings"
+                    embeddings, described = (
+                        stack.embed_tokens.weight.detach().float().cpu().numpy(),
+                        "initial embeddings",
+                    )
                 table = recipe.build(embeddings, described).table
                 what = f"{recipe.options.hash_type}, {described}" if described else recipe.options.hash_type
                 logger.info(f"{name} exit table ({what}): {recipe.histogram(table)}")

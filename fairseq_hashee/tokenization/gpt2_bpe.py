@@ -25,10 +25,14 @@ class Gpt2Bpe:
         except FileNotFoundError as err:
             raise HashEEError(f"{err.filename}: no such file (GPT-2 BPE needs encoder.json and vocab.bpe)") from None
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-            raise HashEEError(f"{encoder_json}, {vocab_bpe}: not a GPT-2 encoder.json / vocab.bpe pair ({err})") from None
+            raise HashEEError(
+                f"{encoder_json}, {vocab_bpe}: not a GPT-2 encoder.json / vocab.bpe pair ({err})"
+            ) from None
 
     def pieces(self, text: str) -> List[str]:
         return [str(index) for index in self._bpe.encode(text)]
 
     def text(self, pieces: Sequence[str]) -> str:
-        return self._bpe.decode([int(p) if p.isascii() and p.isdigit() and int(p) in self._bpe.decoder else p for p in pieces])
+        return self._bpe.decode(
+            [int(p) if p.isascii() and p.isdigit() and int(p) in self._bpe.decoder else p for p in pieces]
+        )

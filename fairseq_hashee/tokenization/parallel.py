@@ -32,8 +32,10 @@ class FileReport:
     def __str__(self) -> str:
         if not self.truncated:
             return f"{self.path}: {self.lines} lines"
-        return (f"{self.path}: {self.lines} lines, {self.truncated} cut to {self.max_len} tokens "
-                f"(first: line {self.first_truncated})")
+        return (
+            f"{self.path}: {self.lines} lines, {self.truncated} cut to {self.max_len} tokens "
+            f"(first: line {self.first_truncated})"
+        )
 
 
 def _start_worker(factory: Callable) -> None:
@@ -60,11 +62,19 @@ def _read_lines(path: str) -> Iterator[str]:
             try:
                 yield line.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                raise HashEEError(f"{path}:{number}: not valid UTF-8 (clean the text with hashee-prepare first)") from None
+                raise HashEEError(
+                    f"{path}:{number}: not valid UTF-8 (clean the text with hashee-prepare first)"
+                ) from None
 
 
-def encode_files(factory: Callable, inputs: Sequence[str], outputs: Sequence[str], workers: int = 1,
-                 max_len: Optional[int] = None, chunksize: int = 64) -> List[FileReport]:
+def encode_files(
+    factory: Callable,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    workers: int = 1,
+    max_len: Optional[int] = None,
+    chunksize: int = 64,
+) -> List[FileReport]:
     """Encode each input into its output; ``factory()`` builds an object with ``pieces(text)``."""
     if len(inputs) != len(outputs):
         raise HashEEError(f"{len(inputs)} --inputs but {len(outputs)} --outputs")
@@ -74,7 +84,9 @@ def encode_files(factory: Callable, inputs: Sequence[str], outputs: Sequence[str
     encoder = factory()  # also fails early, in this process, on a missing or broken vocabulary
     reports = []
     pool = multiprocessing.Pool(workers, _start_worker, (factory,)) if workers > 1 else None
-    encode = functools.partial(pool.imap, _pieces, chunksize=chunksize) if pool else functools.partial(map, encoder.pieces)
+    encode = (
+        functools.partial(pool.imap, _pieces, chunksize=chunksize) if pool else functools.partial(map, encoder.pieces)
+    )
     try:
         with tqdm(total=sum(sizes), unit=" lines", disable=None) as progress:
             for path, out_path, size in zip(inputs, outputs, sizes):

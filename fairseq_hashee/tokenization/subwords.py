@@ -48,8 +48,9 @@ def load_subwords(directory: str, kind: Optional[str] = None):
     """The encoding whose files are in ``directory``: ``kind``'s, or the only one present."""
     if kind is not None and kind not in KINDS:
         raise HashEEError(f"subwords={kind!r}: expected one of {', '.join(KINDS)}")
-    present = [name for name, (files, _) in KINDS.items()
-               if all(os.path.isfile(os.path.join(directory, f)) for f in files)]
+    present = [
+        name for name, (files, _) in KINDS.items() if all(os.path.isfile(os.path.join(directory, f)) for f in files)
+    ]
     wanted = ", ".join(f"{' + '.join(files)} ({name})" for name, (files, _) in KINDS.items())
     if kind is None:
         if not present:

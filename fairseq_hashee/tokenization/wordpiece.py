@@ -148,8 +148,7 @@ class WordPieceTokenizer:
         missing = [name for name in _REQUIRED if name not in self._ids]
         if missing:
             raise HashEEError(
-                f"vocab file {source} has no {', '.join(missing)} line; "
-                f"a BERT vocab.txt needs {' '.join(_REQUIRED)}"
+                f"vocab file {source} has no {', '.join(missing)} line; a BERT vocab.txt needs {' '.join(_REQUIRED)}"
             )
         self._unk_piece = (UNK,)
         # No piece is longer than the longest entry: start matching there, not at the word's end.
@@ -311,7 +310,7 @@ class WordPieceTokenizer:
             if not token or token in _NOT_TEXT:  # a blank vocab line has no text either
                 continue
             if token.startswith(_CONTINUATION) and len(token) > len(_CONTINUATION):
-                token = token[len(_CONTINUATION):]
+                token = token[len(_CONTINUATION) :]
                 if words:
                     words[-1] += token
                     continue
@@ -330,9 +329,7 @@ class WordPieceTokenizer:
                 raise IndexError
             return self._tokens[index]
         except (IndexError, TypeError, ValueError):
-            raise HashEEError(
-                f"id {index!r} is not in vocab file {self.source} ({len(self._tokens)} ids)"
-            ) from None
+            raise HashEEError(f"id {index!r} is not in vocab file {self.source} ({len(self._tokens)} ids)") from None
 
 
 class WordPieceSubwords:
