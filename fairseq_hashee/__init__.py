@@ -1,8 +1,8 @@
 """fairseq-hashee: hash-based early exiting (HashEE, Sun et al. 2022) for fairseq.
 
 Load with ``--user-dir fairseq_hashee``; importing the package registers the
-``hashee_bart`` and ``hashee_cpt`` models and the ``hashee_summarization``
-task, and lets fairseq load its own checkpoints under torch's restricted
+``hashee_bart`` and ``hashee_cpt`` models, the ``hashee_summarization``
+task and the exit methods' criteria (criterions/), and lets fairseq load its own checkpoints under torch's restricted
 unpickler (checkpoints.py).
 
 It also installs a ``sys.excepthook`` that prints our input errors
@@ -20,6 +20,6 @@ from .errors import install_one_line_errors
 allow_fairseq_checkpoint_globals()
 install_one_line_errors()
 
-from . import models, tasks  # noqa: E402,F401  (registers with fairseq)
+from . import criterions, models, tasks  # noqa: E402,F401  (registers with fairseq)
 
 __version__ = "0.1.0"

@@ -35,11 +35,8 @@ MODEL = [
     "--max-target-positions",
     128,
 ]
+CRITERION = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1]
 OPTIM = [
-    "--criterion",
-    "label_smoothed_cross_entropy",
-    "--label-smoothing",
-    0.1,
     "--optimizer",
     "adam",
     "--lr",
@@ -66,11 +63,13 @@ OPTIM = [
 ]
 
 
-def train(data_bin, save_dir, *extra, arch="hashee_bart_base", task="hashee_summarization", check=True):
+def train(
+    data_bin, save_dir, *extra, arch="hashee_bart_base", task="hashee_summarization", criterion=CRITERION, check=True
+):
     args = [data_bin, "--save-dir", save_dir, "--arch", arch, "--task", task, "-s", "src", "-t", "tgt"]
     if task == "hashee_summarization":
         args += ["--user-dir", USER_DIR]
-    return run_cli("fairseq_cli.train", *args, *MODEL, *OPTIM, *extra, check=check)
+    return run_cli("fairseq_cli.train", *args, *MODEL, *criterion, *OPTIM, *extra, check=check)
 
 
 def generate(data_bin, checkpoint, *extra, task="hashee_summarization", check=True):
@@ -475,6 +474,7 @@ def test_two_cpu_ranks_end_with_identical_tables_and_parameters(data_bin, tmp_pa
             "--user-dir",
             USER_DIR,
             *MODEL,
+            *CRITERION,
             *OPTIM,
             "--max-update",
             4,

@@ -17,6 +17,8 @@ from fairseq.models.transformer import TransformerConfig
 
 from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
+from ..exits.heads import HEAD_KINDS
+from ..exits.rules import CONFIDENCE_MEASURES, RULES, build_exit_rule
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,24 @@ class HashEEBARTModel(BARTModel):
             "(slow reference for tests)",
         )
         parser.add_argument(
+            "--decoder-exit-rule",
+            choices=RULES,
+            help="a dynamic rule that exits decoder positions while they are computed "
+            "(docs/design.md section 7): 'confidence' is CALM's; default none",
+        )
+        parser.add_argument(
+            "--exit-confidence",
+            choices=CONFIDENCE_MEASURES,
+            help="the confidence rule's measure: softmax response (default), state saturation, "
+            "or a meta classifier (trained with --criterion calm_exit_classifier)",
+        )
+        parser.add_argument(
+            "--exit-heads",
+            choices=HEAD_KINDS,
+            help="next-token heads of the decoder's layers: the shared output projection (default) "
+            "or one per layer, initialised from it",
+        )
+        parser.add_argument(
             "--scale-embedding",
             action="store_true",
             help="multiply token embeddings by sqrt(embed dim) (Hugging Face scale_embedding: true); "
@@ -74,7 +94,13 @@ class HashEEBARTModel(BARTModel):
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         cfg = TransformerConfig.from_namespace(args)
         return HashEEDecoder(
-            cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention, exit_impl=args.exit_impl
+            cfg,
+            tgt_dict,
+            embed_tokens,
+            no_encoder_attn=cfg.no_cross_attention,
+            exit_impl=args.exit_impl,
+            exit_rule=build_exit_rule(args, cfg.decoder.embed_dim),
+            exit_heads=args.exit_heads,
         )
 
     def upgrade_state_dict_named(self, state_dict, name):
@@ -106,6 +132,41 @@ class HashEEBARTModel(BARTModel):
             ):
                 # Resuming must keep the exits the model was trained with.
                 logger.warning(f"using the checkpoint's {key}, not the table {stack.exit_table_source} built")
+        self._upgrade_exit_parameters(state_dict, prefix)
+
+    # Set by the task when it builds the model to train (not to generate): a
+    # rule's parameters missing from the restored checkpoint may then start fresh.
+    exit_parameters_may_start_fresh = False
+
+    def _upgrade_exit_parameters(self, state_dict, prefix: str) -> None:
+        """Exit heads and rule parameters the checkpoint lacks (a released BART has none).
+
+        Per-layer heads start from the checkpoint's output projection. A rule's
+        own parameters (CALM's classifier) start fresh when fine-tuning; to
+        generate, a checkpoint must have them.
+        """
+        ours = self.decoder.state_dict(prefix=f"{prefix}decoder.")
+        unused = [k for k in state_dict if k.startswith(f"{prefix}decoder.exit_rule.") and k not in ours]
+        if unused:
+            # A model built without the checkpoint's rule (e.g. --model-overrides to compare with full depth).
+            logger.info(f"not using the checkpoint's exit rule parameters: {', '.join(unused)}")
+            for key in unused:
+                del state_dict[key]
+        missing = [k for k in ours if (".exit_heads." in k or ".exit_rule." in k) and k not in state_dict]
+        projection = state_dict.get(
+            f"{prefix}decoder.output_projection.weight", state_dict.get(f"{prefix}decoder.embed_tokens.weight")
+        )
+        for key in missing:
+            if ".exit_heads." in key and projection is not None and projection.shape == ours[key].shape:
+                state_dict[key] = projection.clone()
+            elif self.exit_parameters_may_start_fresh:
+                state_dict[key] = ours[key].clone()
+            else:
+                raise HashEEError(
+                    f"the checkpoint has no {key}, which --decoder-exit-rule {self.args.decoder_exit_rule} "
+                    f"--exit-confidence {self.args.exit_confidence} needs; train it first "
+                    "(--criterion calm_exit_classifier)"
+                )
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         try:
@@ -123,6 +184,9 @@ class HashEEBARTModel(BARTModel):
 
 def _hashee_defaults(args):
     args.exit_impl = getattr(args, "exit_impl", "skip")
+    args.decoder_exit_rule = getattr(args, "decoder_exit_rule", "none")
+    args.exit_confidence = getattr(args, "exit_confidence", "softmax")
+    args.exit_heads = getattr(args, "exit_heads", "shared")
     args.scale_embedding = getattr(args, "scale_embedding", False)
     if args.scale_embedding:
         if getattr(args, "no_scale_embedding", False):

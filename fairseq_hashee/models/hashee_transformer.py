@@ -12,13 +12,14 @@ sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
   state where a position has exited: the slow reference definition.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..exits.heads import ExitHeads
 from ..modules import kv_cache
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
@@ -28,11 +29,21 @@ from ..modules.layer_plan import StackPlanner
 EXIT_IMPLS = ("skip", "masked")
 
 
+class StackRun(NamedTuple):
+    """What a stack's loop over its layers gives back."""
+
+    x: Tensor  # (T, B, C) states after the last layer
+    exits: Tensor  # (B, T) exit layers the positions ran to (a rule's decisions included)
+    decision_flops: float  # FLOPs an exit rule spent deciding
+
+
 class PlannedStackMixin:
     """The loop over a stack's layers, shared by the encoder and the decoder."""
 
-    def _init_planned_stack(self, exit_impl: str) -> None:
+    def _init_planned_stack(self, exit_impl: str, exit_rule: Optional[nn.Module] = None) -> None:
         self.exit_impl = exit_impl
+        # A dynamic exit rule (exits/rules.py): the decoder's, when the model has one.
+        self.exit_rule = exit_rule
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
 
@@ -48,17 +59,35 @@ class PlannedStackMixin:
         self._exit_impl = value
         self._run_layer = runners[value]
 
-    def run_layers(self, x: Tensor, exits: Tensor, inputs: LayerInputs, states: Optional[List] = None) -> Tensor:
-        """States (T, B, C) after every layer; ``exits`` (B, T) of the positions of ``x``.
+    def run_layers(self, x: Tensor, exits: Tensor, inputs: LayerInputs, states: Optional[List] = None) -> StackRun:
+        """Run every layer on ``x`` (T, B, C) whose positions exit at ``exits`` (B, T).
 
-        ``states``, when given, receives the states after each layer.
+        ``states``, when given, receives the states after each layer. A rule
+        (not while training: multi-exit training runs every layer) decides
+        after each layer below the top which of its active positions exit there.
         """
-        planner = StackPlanner(exits, self.num_layers, every_layer_full=self.no_early_exits)
+        rule = None if self.training else self.exit_rule
+        planner = StackPlanner(exits, self.num_layers, every_layer_full=self.no_early_exits and rule is None)
+        decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
+            before = x
             x = self._run_layer(layer, x, i, planner, inputs)
+            if rule is not None and i < self.num_layers:
+                decision_flops += self._decide_exits(rule, i, x, before, planner)
             if states is not None:
                 states.append(x)
-        return x
+        return StackRun(x, planner.exits, decision_flops)
+
+    def _decide_exits(self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner) -> float:
+        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost."""
+        rows, times = planner.active_indices(layer)
+        if rows.numel() == 0:
+            return 0.0
+        exits = planner.exits
+        fire = rule.decide(self, layer, after[times, rows], before[times, rows])
+        decided = torch.where(fire, torch.full_like(rows, layer), exits[rows, times])
+        planner.set_exits(exits.index_put((rows, times), decided))
+        return rows.numel() * rule.flops_per_position(layer, self.shape.embed_dim, self.shape.vocab)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -102,7 +131,7 @@ class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
             in_place=not return_all_hiddens and not torch.is_grad_enabled(),
         )
         encoder_states: List[Tensor] = [x] if return_all_hiddens else []
-        x = self.run_layers(x, exits, inputs, encoder_states if return_all_hiddens else None)
+        x = self.run_layers(x, exits, inputs, encoder_states if return_all_hiddens else None).x
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -133,10 +162,13 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         no_encoder_attn: bool = False,
         output_projection=None,
         exit_impl: str = "skip",
+        exit_rule: Optional[nn.Module] = None,
+        exit_heads: str = "shared",
     ):
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
         self._init_exit_table(dictionary)
-        self._init_planned_stack(exit_impl)
+        self._init_planned_stack(exit_impl, exit_rule)
+        self.exit_heads = ExitHeads(self.num_layers, self.output_embed_dim, self.output_projection, exit_heads)
         self.shape = StackShape(
             self.num_layers,
             cfg.decoder.embed_dim,
@@ -144,6 +176,31 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             kv_input_dim=cfg.encoder.embed_dim,
             vocab=len(dictionary),
         )
+
+    def forward(
+        self,
+        prev_output_tokens,
+        encoder_out=None,
+        incremental_state=None,
+        features_only: bool = False,
+        full_context_alignment: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
+        src_lengths=None,
+        return_all_hiddens: bool = False,
+    ):
+        """fairseq's decoder forward, with each position's logits from the head of its exit layer."""
+        x, extra = self.extract_features(
+            prev_output_tokens,
+            encoder_out=encoder_out,
+            incremental_state=incremental_state,
+            full_context_alignment=full_context_alignment,
+            alignment_layer=alignment_layer,
+            alignment_heads=alignment_heads,
+        )
+        if not features_only:
+            x = self.exit_heads.output(self, x, extra["exits"])
+        return x, extra
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return HashEEDecoderLayer(cfg, no_encoder_attn)
@@ -179,7 +236,8 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
         )
         inner_states: List[Optional[Tensor]] = [x]
-        x = self.run_layers(x, exits, inputs, inner_states)
+        run = self.run_layers(x, exits, inputs, inner_states)
+        x, exits = run.x, run.exits
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -188,8 +246,8 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
             past_len = prev_output_tokens.size(1) - tokens.size(1)
-            self._measure(exits, past_len, inputs)
-        return x, {"attn": [None], "inner_states": inner_states}
+            self._measure(exits, past_len, inputs, run.decision_flops)
+        return x, {"attn": [None], "inner_states": inner_states, "exits": exits}
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):
         """Embeddings (T, B, C) of the positions this call computes, and their tokens.
@@ -218,7 +276,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         x = self.dropout_module(x)
         return x.transpose(0, 1), tokens
 
-    def _measure(self, exits: Tensor, past_len: int, inputs: LayerInputs):
+    def _measure(self, exits: Tensor, past_len: int, inputs: LayerInputs, decision_flops: float):
         """Add this call's FLOPs to the meter; ``exits`` (B, T) of the new positions."""
         num_rows, new_len = exits.shape
         positions = past_len + torch.arange(new_len, device=exits.device).expand(num_rows, new_len)
@@ -236,4 +294,4 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             src_lengths = lengths.repeat_interleave(num_rows // lengths.size(0))
             # Cross-attention keys/values are projected on the first call only.
             cross_kv = lengths if past_len == 0 else None
-        self.speedup_meter.add_decoder(self.shape, exits, positions, src_lengths, cross_kv)
+        self.speedup_meter.add_decoder(self.shape, exits, positions, src_lengths, cross_kv, decision_flops)

@@ -104,11 +104,14 @@ class SpeedupMeter:
             exits,
         )
 
-    def add_decoder(self, shape: StackShape, exits: Tensor, positions, src_lengths, cross_kv_lengths):
+    def add_decoder(
+        self, shape: StackShape, exits: Tensor, positions, src_lengths, cross_kv_lengths, decision_flops: float = 0.0
+    ):
+        """``decision_flops``: what an exit rule spent deciding (spent, never in the full model)."""
         full = _as_full(exits, shape.layers)
         self.add(
             "decoder",
-            decoder_flops(shape, exits, positions, src_lengths, cross_kv_lengths),
+            decoder_flops(shape, exits, positions, src_lengths, cross_kv_lengths) + decision_flops,
             decoder_flops(shape, full, positions, src_lengths, cross_kv_lengths),
             exits,
         )

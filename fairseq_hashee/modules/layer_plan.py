@@ -15,11 +15,13 @@ A layer's plan is one of three:
 A stack asks its ``StackPlanner`` for each layer's plan. The planner reads
 the counts of every layer at once, in the first layer's plan: one host
 synchronisation per forward (per step when decoding incrementally), not one
-per layer, so a GPU's launch queue stalls at most once.
+per layer, so a GPU's launch queue stalls at most once. A dynamic exit rule
+(exits/) changes the exits after a layer; the planner then reads again for
+the layers above: one read per layer that decided.
 """
 
 import enum
-from typing import List, NamedTuple, Optional, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -79,6 +81,18 @@ class StackPlanner:
         if n_active == n_live:
             return Plan.EVERY
         return _active_positions(self.exits >= layer, n_active, n_rows, n_slots)
+
+    def set_exits(self, exits: Tensor) -> None:
+        """Exits changed by a rule after a layer: the layers above are planned anew."""
+        self.exits = exits
+        self._counts = None
+
+    def active_indices(self, layer: int) -> Tuple[Tensor, Tensor]:
+        """Batch and time indices (N,) of the positions ``layer`` updates, row-major."""
+        if self._counts is None:
+            self._counts = self._read_counts()
+        n_active = self._counts[0][layer - 1]
+        return torch.nonzero_static(self.exits >= layer, size=n_active).unbind(1)
 
     def active_mask(self, layer: int) -> Tensor:
         """(T, B, 1) True where ``layer`` updates the position: for the masked reference."""

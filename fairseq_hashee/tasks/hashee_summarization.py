@@ -86,6 +86,16 @@ class HashEESummarizationConfig(TranslationConfig):
         default=None,
         metadata={"help": "split whose token statistics build the tables (default: --train-subset)"},
     )
+    exit_threshold: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "threshold of the model's dynamic exit rule (--decoder-exit-rule), for validation and "
+            "generation; settable without retraining (default: the rule's, 0.9)"
+        },
+    )
+    exit_min_layer: int = field(
+        default=1, metadata={"help": "lowest decoder layer at which the dynamic exit rule may exit a position"}
+    )
 
 
 @register_task("hashee_summarization", dataclass=HashEESummarizationConfig)
@@ -142,7 +152,26 @@ class HashEESummarizationTask(TranslationTask):
                 )
         if not from_checkpoint:
             self.install_exit_tables(model)
+            model.exit_parameters_may_start_fresh = True
+        self.configure_exit_rule(model)
         return model
+
+    def configure_exit_rule(self, model) -> None:
+        """The generation-time settings of the decoder's exit rule (threshold, lowest layer)."""
+        rule, cfg = model.decoder.exit_rule, self.cfg
+        if rule is None:
+            if cfg.exit_threshold is not None:
+                raise HashEEError(
+                    "--exit-threshold: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
+                )
+            return
+        if not 1 <= cfg.exit_min_layer <= model.decoder.num_layers:
+            raise HashEEError(
+                f"--exit-min-layer: {cfg.exit_min_layer} is outside the decoder's layers 1..{model.decoder.num_layers}"
+            )
+        if cfg.exit_threshold is not None:
+            rule.set_threshold(cfg.exit_threshold)
+        rule.min_layer = cfg.exit_min_layer
 
     def table_options(self, stack: str) -> TableOptions:
         """The task's options for ``stack``'s table (``--encoder-*`` or ``--decoder-*``)."""

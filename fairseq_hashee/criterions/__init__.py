@@ -1,0 +1,2 @@
+from .calm_exit_classifier import CalmExitClassifierCriterion  # noqa: F401
+from .multi_exit import MultiExitLabelSmoothedCrossEntropyCriterion  # noqa: F401

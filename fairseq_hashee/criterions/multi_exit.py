@@ -1,0 +1,99 @@
+"""Multi-exit training: fairseq's label-smoothed loss at every decoder layer (docs/design.md section 7).
+
+A dynamic exit rule reads a layer's next-token distribution and emits it when
+the position exits there, so every layer's head must predict the next token,
+not only the top one's. Every layer runs for every position (rules do not
+fire while training), and the loss is
+
+    sum_i w_i * LS-CE(p_i, y) / sum_i w_i,    w_i = i (CALM's weights; --exit-loss-weights uniform: 1)
+
+with each layer's loss in the logs (``loss_layer{i}``). The reported
+``nll_loss``/``ppl`` are the top layer's, as for the model without exits.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from fairseq.dataclass import ChoiceEnum
+from fairseq.logging import metrics
+
+from ..errors import HashEEError
+
+WEIGHTINGS = ("layer", "uniform")
+
+
+@dataclass
+class MultiExitCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    exit_loss_weights: ChoiceEnum(WEIGHTINGS) = field(
+        default="layer", metadata={"help": "weight of layer i's loss: i ('layer', CALM's) or 1 ('uniform')"}
+    )
+
+
+def layer_logits(model, net_output, layer: int):
+    """Decoder layer ``layer``'s next-token logits (B, T, V) from a forward's inner states."""
+    decoder = model.decoder
+    if layer == decoder.num_layers:
+        return net_output[0]
+    return decoder.exit_heads.logits(decoder, layer, net_output[1]["inner_states"][layer].transpose(0, 1))
+
+
+def check_exit_heads(model, criterion: str) -> None:
+    if not hasattr(getattr(model, "decoder", None), "exit_heads"):
+        raise HashEEError(f"--criterion {criterion} needs a HashEE model (--arch hashee_bart_base, ...)")
+
+
+@register_criterion("multi_exit_label_smoothed_cross_entropy", dataclass=MultiExitCriterionConfig)
+class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        exit_loss_weights="layer",
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.exit_loss_weights = exit_loss_weights
+
+    def forward(self, model, sample, reduce=True):
+        check_exit_heads(model, "multi_exit_label_smoothed_cross_entropy")
+        net_output = model(**sample["net_input"])
+        num_layers = model.decoder.num_layers
+        weights = [float(i) if self.exit_loss_weights == "layer" else 1.0 for i in range(1, num_layers + 1)]
+        loss, logging_output = 0.0, {}
+        for layer, weight in enumerate(weights, start=1):
+            layer_output = (layer_logits(model, net_output, layer), net_output[1])
+            layer_loss, nll_loss = self.compute_loss(model, layer_output, sample, reduce=reduce)
+            loss = loss + weight * layer_loss
+            logging_output[f"loss_layer{layer}"] = layer_loss.data
+        loss = loss / sum(weights)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output.update(
+            loss=loss.data,
+            nll_loss=nll_loss.data,  # the top layer's
+            ntokens=sample["ntokens"],
+            nsentences=sample["target"].size(0),
+            sample_size=sample_size,
+        )
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output.update(n_correct=n_correct.item(), total=total.item())
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        keys = sorted(
+            {k for log in logging_outputs for k in log if k.startswith("loss_layer")},
+            key=lambda k: int(k[len("loss_layer") :]),
+        )
+        for key in keys:
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / sample_size / math.log(2), sample_size, round=3)

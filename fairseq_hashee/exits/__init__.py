@@ -1,0 +1,21 @@
+"""Dynamic exit rules and the exit heads they read (docs/design.md section 7).
+
+HashEE decides a token's exit layer before the stack runs, from its id (the
+exit table). The methods it is compared with decide a decoder position's exit
+while computing it: at the end of layer ``i``, a rule looks at the positions
+still active and marks some of them exited there. From then on they are
+exited positions in every respect, so the layer plans, the gathered compute
+and the decoder's cache (modules/) serve both kinds unchanged: a rule
+decides, the layers execute.
+
+- ``heads.py``: next-token distributions at every decoder layer (the model's
+  shared output projection, or a head per layer);
+- ``rules.py``: the rules (confidence: CALM's softmax response, state
+  saturation, meta classifier).
+
+A model carries its rule and heads as parameters of its decoder
+(``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
+(``--decoder-exit-rule``, ``--exit-confidence``, ``--exit-heads``), so a
+checkpoint restores them; thresholds are task options, settable when
+generating without retraining (``--exit-threshold``).
+"""

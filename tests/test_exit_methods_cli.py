@@ -1,0 +1,108 @@
+"""Confidence exits (CALM) through fairseq-train / fairseq-generate, as a user runs them."""
+
+import json
+import re
+
+import pytest
+from test_cli import LAYERS, _one_error_line, generate, train
+
+pytestmark = pytest.mark.slow
+
+MULTI_EXIT = ["--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", 0.1]
+
+
+def _hypotheses(proc):
+    return [line.split("\t")[2] for line in proc.stdout.splitlines() if line.startswith("H-")]
+
+
+def _decoder_speedup(proc):
+    match = re.search(
+        r"speed-up \(FLOPs\): encoder \S+x, decoder (\S+)x.*mean exit layer: encoder \S+, decoder (\S+)", proc.stderr
+    )
+    assert match, proc.stderr[-2000:]
+    return float(match.group(1)), float(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def calm(data_bin, tmp_path_factory):
+    """A tiny model trained multi-exit with a softmax-response rule, then its classifier variant."""
+    root = tmp_path_factory.mktemp("calm")
+    rule = ["--decoder-exit-rule", "confidence", "--exit-confidence", "classifier"]
+    proc = train(data_bin, root / "backbone", *rule, "--max-update", 30, criterion=MULTI_EXIT)
+    classifier = train(
+        data_bin, root / "classifier", *rule, "--restore-file", root / "backbone" / "checkpoint_last.pt",
+        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 10,
+        criterion=["--criterion", "calm_exit_classifier"],
+    )  # fmt: skip
+    return root, proc, classifier
+
+
+def test_multi_exit_training_logs_every_layer(calm):
+    _, proc, _ = calm
+    logged = [json.loads(line[line.index("{") :]) for line in (proc.stdout + proc.stderr).splitlines()
+              if "train_inner" in line and "{" in line]  # fmt: skip
+    assert logged
+    for record in logged:
+        layers = [float(record[f"loss_layer{i}"]) for i in range(1, LAYERS + 1)]
+        # the loss is the layer-weighted mean of the layers' losses (w_i = i)
+        expected = sum(i * loss for i, loss in enumerate(layers, start=1)) / sum(range(1, LAYERS + 1))
+        assert abs(float(record["loss"]) - expected) < 0.01
+
+
+def test_classifier_trains_with_the_backbone_frozen(calm):
+    import torch
+
+    import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+
+    root, _, proc = calm
+    before = torch.load(root / "backbone" / "checkpoint_last.pt", map_location="cpu")["model"]
+    after = torch.load(root / "classifier" / "checkpoint_last.pt", map_location="cpu")["model"]
+    changed = sorted(k for k in after if not torch.equal(after[k], before[k]))
+    assert changed == ["decoder.exit_rule.classifier.bias", "decoder.exit_rule.classifier.weight"]
+    assert '"consistent"' in proc.stdout + proc.stderr
+
+
+def test_threshold_is_set_when_generating(calm, data_bin):
+    root, _, _ = calm
+    checkpoint = root / "classifier" / "checkpoint_last.pt"
+    never = generate(data_bin, checkpoint, "--exit-threshold", 1.0)
+    plain = generate(data_bin, checkpoint, "--model-overrides", "{'decoder_exit_rule': 'none'}")
+    assert _hypotheses(never) == _hypotheses(plain) and _hypotheses(plain)
+    assert _decoder_speedup(never) == (1.0, float(LAYERS))
+    eager = generate(data_bin, checkpoint, "--exit-threshold", 0.0)
+    speedup, mean_exit = _decoder_speedup(eager)
+    assert mean_exit == 1.0 and speedup > 1.0  # every position exits at the first layer
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--exit-threshold", 1.5], "--exit-threshold: 1.5 is outside [0.0, 1.0], the range of the classifier"),
+        (["--exit-min-layer", 9], "--exit-min-layer: 9 is outside the decoder's layers 1..2"),
+        (["--model-overrides", "{'exit_confidence': 'saturation'}", "--exit-threshold", -2],
+         "--exit-threshold: -2.0 is outside [-1.0, 1.0], the range of the saturation confidence"),
+    ],
+)  # fmt: skip
+def test_bad_generation_options(calm, data_bin, options, message):
+    root, _, _ = calm
+    proc = generate(data_bin, root / "classifier" / "checkpoint_last.pt", *options, check=False)
+    assert message in _one_error_line(proc)
+    assert not _hypotheses(proc)
+
+
+def test_a_rule_without_its_parameters_is_refused(calm, data_bin):
+    root, _, _ = calm
+    overrides = "{'exit_confidence': 'classifier'}"
+    softmax = train(data_bin, root / "softmax", "--decoder-exit-rule", "confidence", "--max-update", 2,
+                    criterion=MULTI_EXIT)  # fmt: skip
+    assert softmax.returncode == 0
+    line = _one_error_line(
+        generate(data_bin, root / "softmax" / "checkpoint_last.pt", "--model-overrides", overrides, check=False)
+    )
+    assert "has no decoder.exit_rule.classifier" in line and "--criterion calm_exit_classifier" in line
+
+
+def test_threshold_without_a_rule_is_refused(data_bin, tmp_path):
+    train(data_bin, tmp_path, "--max-update", 1)
+    line = _one_error_line(generate(data_bin, tmp_path / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False))
+    assert "--exit-threshold: the model has no dynamic exit rule" in line

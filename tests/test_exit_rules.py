@@ -1,0 +1,180 @@
+"""Dynamic exit rules (CALM's confidence measures): the four tests of docs/design.md section 7.
+
+(1) incremental decoding equals the teacher-forced forward that replays the
+exit decisions the incremental run took, with batches, beams and reordering;
+(2) a rule that never fires gives exactly the model without a rule;
+(3) the skip path equals the masked path under the same decisions;
+(4) counted FLOPs, the rule's own included, equal what torch counts.
+"""
+
+import contextlib
+
+import pytest
+import torch
+from test_flops import _measured
+
+from fairseq_hashee.modules import flops
+
+from helpers import build_hashee, random_batch, set_exit_impl, tiny_dictionary
+
+MEASURES = ["softmax", "saturation", "classifier"]
+LAYERS = 4
+
+
+def _model(measure, seed=0, **overrides):
+    model = build_hashee(
+        tiny_dictionary(),
+        seed=seed,
+        layers=LAYERS,
+        decoder_exit_rule="confidence",
+        exit_confidence=measure,
+        **overrides,
+    )
+    return model
+
+
+def _confidences(model, src, src_lengths, prev):
+    """Every position's confidence at every layer below the top, from a forward without exits."""
+    decoder, rule = model.decoder, model.decoder.exit_rule
+    with torch.no_grad(), _without_rule(decoder):
+        _, extra = model(src, src_lengths, prev)
+    states = extra["inner_states"]
+    return torch.cat(
+        [
+            rule.confidence(
+                decoder, i, states[i].reshape(-1, states[i].size(-1)), states[i - 1].reshape(-1, states[i].size(-1))
+            )
+            for i in range(1, LAYERS)
+        ]
+    )
+
+
+def _fire_about_half(model, gen, bsz=3):
+    """A threshold at which the rule exits some positions early and keeps others."""
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=bsz)
+    model.decoder.exit_rule.set_threshold(float(_confidences(model, src, src_lengths, prev).median().detach()))
+
+
+@contextlib.contextmanager
+def _without_rule(decoder):
+    rule, decoder.exit_rule = decoder.exit_rule, None
+    try:
+        yield
+    finally:
+        decoder.exit_rule = rule
+
+
+@contextlib.contextmanager
+def _replaying(decoder, exits):
+    """Teacher-forced forward with the exits a rule decided, as a table would give them."""
+    lookup, table_has_exits = decoder.token_exits, not decoder.no_early_exits
+    decoder.token_exits = lambda tokens: exits[:, : tokens.size(1)]
+    decoder.no_early_exits = False  # else the stack would not plan: its table sends everything to L
+    try:
+        with _without_rule(decoder):
+            yield
+    finally:
+        decoder.token_exits, decoder.no_early_exits = lookup, not table_has_exits
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("impl", ["skip", "masked"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_incremental_equals_teacher_forced_replay(measure, impl, seed):
+    model = _model(measure, seed=seed)
+    dictionary = model.decoder.dictionary
+    gen = torch.Generator().manual_seed(seed)
+    _fire_about_half(model, gen)
+    set_exit_impl(model, impl)
+    bsz, beam, steps = 3, 2, 9
+    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10)
+    expand = torch.arange(bsz).repeat_interleave(beam)
+    model.set_beam_size(beam)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen)
+    tokens[:, 0] = dictionary.eos()
+    decided = torch.zeros(bsz * beam, steps, dtype=torch.long)
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths)
+        full_encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
+        state, outputs = {}, []
+        for step in range(steps):
+            if step in (3, 6):
+                order = (torch.arange(bsz)[:, None] * beam + torch.randint(0, beam, (bsz, beam), generator=gen)).view(
+                    -1
+                )
+                model.decoder.reorder_incremental_state_scripting(state, order)
+                tokens[:, :step], decided[:, :step] = tokens[order, :step], decided[order, :step]
+                outputs = [out[order] for out in outputs]
+            out, extra = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
+            decided[:, step] = extra["exits"][:, 0]
+            outputs.append(out[:, 0])
+        assert 1 <= int((decided < LAYERS).sum()) < decided.numel(), "the rule should exit some positions, not all"
+        model.decoder.set_beam_size(1)
+        with _replaying(model.decoder, decided):
+            forced = model.decoder(tokens, encoder_out=full_encoder_out)[0]
+    assert (torch.stack(outputs, dim=1) - forced).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_a_rule_that_never_fires_is_the_model_without_one(measure):
+    model = _model(measure)
+    model.decoder.exit_rule.set_threshold(1.0)  # top of every measure's range
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, extra = model(src, src_lengths, prev)
+        with _without_rule(model.decoder):
+            plain, _ = model(src, src_lengths, prev)
+    assert torch.equal(ours, plain)
+    live = prev.ne(model.decoder.dictionary.pad())
+    assert bool((extra["exits"][live] == LAYERS).all())
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("heads", ["shared", "per-layer"])
+def test_skip_equals_masked_under_the_same_decisions(measure, heads):
+    model = _model(measure, seed=2, exit_heads=heads)
+    gen = torch.Generator().manual_seed(2)
+    if heads == "per-layer":  # heads unlike the output projection, so a wrong head shows
+        with torch.no_grad():
+            for head in model.decoder.exit_heads.layers:
+                head.weight.add_(torch.randn(head.weight.shape, generator=gen) * 0.5)
+    _fire_about_half(model, gen)
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, gen)
+    with torch.no_grad():
+        skipped, extra = model(src, src_lengths, prev)
+        decided = extra["exits"]
+        assert bool((decided[prev.ne(model.decoder.dictionary.pad())] < LAYERS).any())
+        set_exit_impl(model, "masked")
+        with _replaying(model.decoder, decided):
+            masked = model(src, src_lengths, prev)[0]
+    live = prev.ne(model.decoder.dictionary.pad())  # padding states differ by design (stock layers update them)
+    assert (skipped - masked)[live].abs().max() < 1e-5
+    if heads == "per-layer":
+        # a position's distribution is its exit layer's head applied to its (frozen) state
+        b, t = ((decided > 0) & (decided < LAYERS)).nonzero()[0].tolist()
+        layer = int(decided[b, t])
+        state = extra["inner_states"][layer][t, b]
+        expected = model.decoder.exit_heads.logits(model.decoder, layer, state)
+        assert torch.allclose(skipped[b, t], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_counted_flops_include_the_rule_and_are_executed(measure):
+    model = _model(measure, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    _fire_about_half(model, gen, bsz=1)
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=1, src_len=12, tgt_len=8)
+    with torch.no_grad(), flops.measuring(model) as meter:
+        encoder_out = model.encoder(src, src_lengths)
+        state, executed, decided = {}, 0, []
+        for step in range(prev.size(1)):
+            last = step == prev.size(1) - 1
+            # The last step runs every layer (no rule), so every deferred key/value is read.
+            with _without_rule(model.decoder) if last else contextlib.nullcontext():
+                executed += _measured(
+                    lambda: decided.append(
+                        model.decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)[1]["exits"]
+                    )
+                )
+        assert executed == meter.spent("decoder")
+    assert any(int(e) < LAYERS for e in decided[:-1]), "the rule should exit some positions"
