@@ -106,3 +106,21 @@ def test_threshold_without_a_rule_is_refused(data_bin, tmp_path):
     train(data_bin, tmp_path, "--max-update", 1)
     line = _one_error_line(generate(data_bin, tmp_path / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False))
     assert "--exit-threshold: the model has no dynamic exit rule" in line
+
+
+def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
+    root, _, _ = calm
+    deep = root / "backbone" / "checkpoint_last.pt"
+    reset = ["--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler"]
+    shallow = ["--encoder-layers", 1, "--decoder-layers", 1, "--restore-file", deep, *reset]
+    proc = train(data_bin, tmp_path / "cut", *shallow, "--keep-decoder-layers", "spread", "--max-update", 2)
+    log = proc.stdout + proc.stderr
+    assert "encoder: keeping layers 1 of the checkpoint's 2" in log
+    assert "decoder: keeping layers 2 of the checkpoint's 2" in log
+    speedup = re.search(r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x",
+                        generate(data_bin, tmp_path / "cut" / "checkpoint_last.pt").stderr)  # fmt: skip
+    assert float(speedup.group(1)) == 2.0 and 1.0 < float(speedup.group(2)) < 2.0
+
+    line = _one_error_line(train(data_bin, tmp_path / "bad", *shallow, "--keep-encoder-layers", "3", check=False))
+    assert "--keep-encoder-layers: layer(s) [3] outside the checkpoint's layers 1..2" in line
+    assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()

@@ -148,7 +148,9 @@ def run(args, parser):
     if sides is not None:
         sides.split = args.speedup_split
         vocab = len(sides.tgt_dict) if args.stack == "decoder" else 0
-        shape = flops.StackShape(args.num_layers, args.embed_dim, args.ffn_dim, args.embed_dim, vocab)
+        shape = flops.StackShape(
+            args.num_layers, args.embed_dim, args.ffn_dim, kv_input_dim=args.embed_dim, vocab=vocab
+        )
         speed = expected_speedup(built.table, sides, args.stack, shape, args.max_sentences)
         short = "enc" if args.stack == "encoder" else "dec"
         report.update(speedup=speed[f"{short}_speedup"], mean_exit=speed[f"{short}_mean_exit"])

@@ -20,6 +20,7 @@ from ..errors import HashEEError
 from ..exits.heads import HEAD_KINDS
 from ..exits.rules import CONFIDENCE_MEASURES, RULES, build_exit_rule
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
+from .truncation import truncate_stack
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ class HashEEBARTModel(BARTModel):
             help="next-token heads of the decoder's layers: the shared output projection (default) "
             "or one per layer, initialised from it",
         )
+        for stack in ("encoder", "decoder"):
+            parser.add_argument(
+                f"--keep-{stack}-layers",
+                metavar="SPEC",
+                help=f"restoring a checkpoint whose {stack} has more layers than --{stack}-layers (static "
+                "truncation, e.g. BART-6L): keep the first ones (default), 'spread' (evenly spaced, "
+                "the last included) or these 1-based layers, e.g. 1,3,5",
+            )
         parser.add_argument(
             "--scale-embedding",
             action="store_true",
@@ -107,6 +116,15 @@ class HashEEBARTModel(BARTModel):
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
         for stack in (self.encoder, self.decoder):
+            option = f"keep_{stack.stack_name}_layers"
+            truncate_stack(
+                state_dict,
+                f"{prefix}{stack.stack_name}.",
+                stack,
+                getattr(self.args, option, "first"),
+                "--" + option.replace("_", "-"),
+            )
+            state_dict.setdefault(f"{prefix}{stack.stack_name}.full_depth", stack.full_depth.clone())
             key = f"{prefix}{stack.stack_name}.exit_table"
             embeddings = state_dict.get(f"{prefix}{stack.stack_name}.embed_tokens.weight")
             recipe = stack.exit_table_recipe
@@ -187,6 +205,8 @@ def _hashee_defaults(args):
     args.decoder_exit_rule = getattr(args, "decoder_exit_rule", "none")
     args.exit_confidence = getattr(args, "exit_confidence", "softmax")
     args.exit_heads = getattr(args, "exit_heads", "shared")
+    args.keep_encoder_layers = getattr(args, "keep_encoder_layers", "first")
+    args.keep_decoder_layers = getattr(args, "keep_decoder_layers", "first")
     args.scale_embedding = getattr(args, "scale_embedding", False)
     if args.scale_embedding:
         if getattr(args, "no_scale_embedding", False):

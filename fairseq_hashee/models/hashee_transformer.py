@@ -12,6 +12,7 @@ sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
   state where a position has exited: the slow reference definition.
 """
 
+import dataclasses
 from typing import Dict, List, NamedTuple, Optional
 
 import torch
@@ -41,11 +42,18 @@ class PlannedStackMixin:
     """The loop over a stack's layers, shared by the encoder and the decoder."""
 
     def _init_planned_stack(self, exit_impl: str, exit_rule: Optional[nn.Module] = None) -> None:
+        # The depth of the model this stack was cut from (models/truncation.py):
+        # what the speed-up report counts as the full model.
+        self.register_buffer("full_depth", torch.tensor(self.num_layers))
         self.exit_impl = exit_impl
         # A dynamic exit rule (exits/rules.py): the decoder's, when the model has one.
         self.exit_rule = exit_rule
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.shape = dataclasses.replace(self.shape, full_layers=int(self.full_depth))
 
     @property
     def exit_impl(self) -> str:
@@ -106,7 +114,7 @@ class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
         super().__init__(cfg, dictionary, embed_tokens)
         self._init_exit_table(dictionary)
         self._init_planned_stack(exit_impl)
-        self.shape = StackShape(self.num_layers, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim)
+        self.shape = StackShape(self.num_layers, cfg.encoder.embed_dim, cfg.encoder.ffn_embed_dim, self.num_layers)
 
     def build_encoder_layer(self, cfg):
         return HashEEEncoderLayer(cfg)
@@ -173,6 +181,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             self.num_layers,
             cfg.decoder.embed_dim,
             cfg.decoder.ffn_embed_dim,
+            self.num_layers,
             kv_input_dim=cfg.encoder.embed_dim,
             vocab=len(dictionary),
         )

@@ -16,7 +16,7 @@ report from their totals.
 
 import contextlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -36,8 +36,13 @@ class StackShape:
     layers: int
     embed_dim: int
     ffn_dim: int
+    full_layers: int = 0  # depth of the full model (of a truncated stack's source); 0: ``layers``
     kv_input_dim: int = 0  # decoder: dimension of the encoder output
     vocab: int = 0  # decoder: size of the output projection
+
+    def full(self) -> "StackShape":
+        """The shape of the full model, whose FLOPs are the speed-up's numerator."""
+        return replace(self, layers=self.full_layers or self.layers)
 
 
 def _as_full(exits: Tensor, layers: int) -> Tensor:
@@ -97,22 +102,18 @@ class SpeedupMeter:
         return self.sums[_key(stack, "flops_spent")]
 
     def add_encoder(self, shape: StackShape, exits: Tensor):
-        self.add(
-            "encoder",
-            encoder_flops(shape, exits),
-            encoder_flops(shape, _as_full(exits, shape.layers)),
-            exits,
-        )
+        full = shape.full()
+        self.add("encoder", encoder_flops(shape, exits), encoder_flops(full, _as_full(exits, full.layers)), exits)
 
     def add_decoder(
         self, shape: StackShape, exits: Tensor, positions, src_lengths, cross_kv_lengths, decision_flops: float = 0.0
     ):
         """``decision_flops``: what an exit rule spent deciding (spent, never in the full model)."""
-        full = _as_full(exits, shape.layers)
+        full = shape.full()
         self.add(
             "decoder",
             decoder_flops(shape, exits, positions, src_lengths, cross_kv_lengths) + decision_flops,
-            decoder_flops(shape, full, positions, src_lengths, cross_kv_lengths),
+            decoder_flops(full, _as_full(exits, full.layers), positions, src_lengths, cross_kv_lengths),
             exits,
         )
 
