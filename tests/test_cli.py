@@ -204,7 +204,7 @@ def test_generate_matches_stock_bart(data_bin, tmp_path):
     state = torch.load(hashee_dir / "checkpoint_last.pt", weights_only=False)
     assert int(state["model"]["encoder.exit_table"].min()) == LAYERS
     # The same weights as a stock fairseq BART checkpoint.
-    for key in ("encoder.exit_table", "decoder.exit_table"):
+    for key in ("encoder.exit_table", "decoder.exit_table", "encoder.full_depth", "decoder.full_depth"):
         del state["model"][key]
     state["cfg"]["model"].arch = "bart_base"
     state["cfg"]["model"]._name = "bart_base"

@@ -58,7 +58,7 @@ def test_classifier_trains_with_the_backbone_frozen(calm):
     before = torch.load(root / "backbone" / "checkpoint_last.pt", map_location="cpu")["model"]
     after = torch.load(root / "classifier" / "checkpoint_last.pt", map_location="cpu")["model"]
     changed = sorted(k for k in after if not torch.equal(after[k], before[k]))
-    assert changed == ["decoder.exit_rule.classifier.bias", "decoder.exit_rule.classifier.weight"]
+    assert changed == ["decoder.exit_rule.meta_classifier.bias", "decoder.exit_rule.meta_classifier.weight"]
     assert '"consistent"' in proc.stdout + proc.stderr
 
 
@@ -99,7 +99,7 @@ def test_a_rule_without_its_parameters_is_refused(calm, data_bin):
     line = _one_error_line(
         generate(data_bin, root / "softmax" / "checkpoint_last.pt", "--model-overrides", overrides, check=False)
     )
-    assert "has no decoder.exit_rule.classifier" in line and "--criterion calm_exit_classifier" in line
+    assert "has no decoder.exit_rule.meta_classifier" in line and "--criterion calm_exit_classifier" in line
 
 
 def test_threshold_without_a_rule_is_refused(data_bin, tmp_path):
@@ -124,3 +124,32 @@ def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
     line = _one_error_line(train(data_bin, tmp_path / "bad", *shallow, "--keep-encoder-layers", "3", check=False))
     assert "--keep-encoder-layers: layer(s) [3] outside the checkpoint's layers 1..2" in line
     assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("rule", ["dat-halting", "dat-multinomial"])
+def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule):
+    root, _, _ = calm
+    backbone = root / "backbone" / "checkpoint_last.pt"  # multi-exit trained
+    proc = train(
+        data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", backbone,
+        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 10,
+        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05],
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log
+    assert '"oracle_exit"' in log
+    threshold = ["--exit-threshold", 0.5] if rule == "dat-halting" else []
+    generated = generate(data_bin, tmp_path / "checkpoint_last.pt", *threshold)
+    assert _hypotheses(generated)
+    speedup, mean_exit = _decoder_speedup(generated)
+    assert 1.0 <= mean_exit <= LAYERS
+
+    line = _one_error_line(
+        generate(data_bin, backbone, "--model-overrides", f"{{'decoder_exit_rule': '{rule}'}}", check=False)
+    )
+    assert "which the " + rule + " exit rule needs; train it first (--criterion dat_exit_classifier)" in line
+    if rule == "dat-multinomial":
+        line = _one_error_line(
+            generate(data_bin, tmp_path / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False)
+        )
+        assert "--exit-threshold: the dat-multinomial rule takes no threshold" in line

@@ -1,4 +1,4 @@
-"""Dynamic exit rules (CALM's confidence measures): the four tests of docs/design.md section 7.
+"""Dynamic exit rules (CALM's confidence measures, DAT's halting): the four tests of docs/design.md section 7.
 
 (1) incremental decoding equals the teacher-forced forward that replays the
 exit decisions the incremental run took, with batches, beams and reordering;
@@ -17,20 +17,30 @@ from fairseq_hashee.modules import flops
 
 from helpers import build_hashee, random_batch, set_exit_impl, tiny_dictionary
 
-MEASURES = ["softmax", "saturation", "classifier"]
+RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial"]  # the first three: CALM's
 LAYERS = 4
 
 
-def _model(measure, seed=0, **overrides):
-    model = build_hashee(
-        tiny_dictionary(),
-        seed=seed,
-        layers=LAYERS,
-        decoder_exit_rule="confidence",
-        exit_confidence=measure,
-        **overrides,
-    )
+def _model(rule, seed=0, **overrides):
+    if rule.startswith("dat-"):
+        options = dict(decoder_exit_rule=rule)
+    else:
+        options = dict(decoder_exit_rule="confidence", exit_confidence=rule)
+    model = build_hashee(tiny_dictionary(), seed=seed, layers=LAYERS, **options, **overrides)
+    if rule == "dat-multinomial":  # larger random weights spread the chosen layers over 1..L
+        with torch.no_grad():
+            model.decoder.exit_rule.exit_layer_classifier.weight.mul_(20.0)
     return model
+
+
+def _never_fires(model):
+    rule = model.decoder.exit_rule
+    if rule.threshold_range is None:  # DAT's multinomial: a classifier that always picks the top layer
+        with torch.no_grad():
+            rule.exit_layer_classifier.weight.zero_()
+            rule.exit_layer_classifier.bias.copy_(torch.arange(LAYERS, dtype=torch.float32))
+    else:
+        rule.set_threshold(rule.threshold_range[1])  # top of the measure's range
 
 
 def _confidences(model, src, src_lengths, prev):
@@ -50,9 +60,11 @@ def _confidences(model, src, src_lengths, prev):
 
 
 def _fire_about_half(model, gen, bsz=3):
-    """A threshold at which the rule exits some positions early and keeps others."""
+    """A threshold at which a confidence rule exits some positions early and keeps others
+    (DAT's random classifiers already do at their defaults)."""
     src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=bsz)
-    model.decoder.exit_rule.set_threshold(float(_confidences(model, src, src_lengths, prev).median().detach()))
+    if hasattr(model.decoder.exit_rule, "confidence"):
+        model.decoder.exit_rule.set_threshold(float(_confidences(model, src, src_lengths, prev).median().detach()))
 
 
 @contextlib.contextmanager
@@ -77,11 +89,11 @@ def _replaying(decoder, exits):
         decoder.token_exits, decoder.no_early_exits = lookup, not table_has_exits
 
 
-@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("impl", ["skip", "masked"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_incremental_equals_teacher_forced_replay(measure, impl, seed):
-    model = _model(measure, seed=seed)
+def test_incremental_equals_teacher_forced_replay(rule, impl, seed):
+    model = _model(rule, seed=seed)
     dictionary = model.decoder.dictionary
     gen = torch.Generator().manual_seed(seed)
     _fire_about_half(model, gen)
@@ -115,10 +127,10 @@ def test_incremental_equals_teacher_forced_replay(measure, impl, seed):
     assert (torch.stack(outputs, dim=1) - forced).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("measure", MEASURES)
-def test_a_rule_that_never_fires_is_the_model_without_one(measure):
-    model = _model(measure)
-    model.decoder.exit_rule.set_threshold(1.0)  # top of every measure's range
+@pytest.mark.parametrize("rule", RULES)
+def test_a_rule_that_never_fires_is_the_model_without_one(rule):
+    model = _model(rule)
+    _never_fires(model)
     src, src_lengths, prev = random_batch(model.decoder.dictionary, torch.Generator().manual_seed(4))
     with torch.no_grad():
         ours, extra = model(src, src_lengths, prev)
@@ -129,10 +141,10 @@ def test_a_rule_that_never_fires_is_the_model_without_one(measure):
     assert bool((extra["exits"][live] == LAYERS).all())
 
 
-@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("heads", ["shared", "per-layer"])
-def test_skip_equals_masked_under_the_same_decisions(measure, heads):
-    model = _model(measure, seed=2, exit_heads=heads)
+def test_skip_equals_masked_under_the_same_decisions(rule, heads):
+    model = _model(rule, seed=2, exit_heads=heads)
     gen = torch.Generator().manual_seed(2)
     if heads == "per-layer":  # heads unlike the output projection, so a wrong head shows
         with torch.no_grad():
@@ -158,9 +170,9 @@ def test_skip_equals_masked_under_the_same_decisions(measure, heads):
         assert torch.allclose(skipped[b, t], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("measure", MEASURES)
-def test_counted_flops_include_the_rule_and_are_executed(measure):
-    model = _model(measure, seed=3)
+@pytest.mark.parametrize("rule", RULES)
+def test_counted_flops_include_the_rule_and_are_executed(rule):
+    model = _model(rule, seed=3)
     gen = torch.Generator().manual_seed(3)
     _fire_about_half(model, gen, bsz=1)
     src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=1, src_len=12, tgt_len=8)

@@ -35,7 +35,7 @@ class CalmExitClassifierCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         check_exit_heads(model, NAME)
         decoder = model.decoder
-        classifier = getattr(decoder.exit_rule, "classifier", None)
+        classifier = getattr(decoder.exit_rule, "meta_classifier", None)
         if classifier is None:
             raise HashEEError(
                 f"--criterion {NAME} trains the classifier of --decoder-exit-rule confidence "

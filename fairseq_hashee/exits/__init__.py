@@ -10,8 +10,9 @@ decides, the layers execute.
 
 - ``heads.py``: next-token distributions at every decoder layer (the model's
   shared output projection, or a head per layer);
-- ``rules.py``: the rules (confidence: CALM's softmax response, state
-  saturation, meta classifier).
+- ``rules.py``: what a rule is, and CALM's confidence rule (softmax
+  response, state saturation, meta classifier);
+- ``dat.py``: DAT's halting rules and their oracle exits.
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -19,3 +20,25 @@ A model carries its rule and heads as parameters of its decoder
 checkpoint restores them; thresholds are task options, settable when
 generating without retraining (``--exit-threshold``).
 """
+
+from typing import Optional
+
+from ..errors import HashEEError
+from .dat import HaltingRule, MultinomialRule
+from .rules import ConfidenceRule, ExitRule
+
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial")
+
+
+def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
+    """The decoder's rule from the model options (``--decoder-exit-rule``), or None."""
+    name = getattr(args, "decoder_exit_rule", "none")
+    if name == "none":
+        return None
+    if name == "confidence":
+        return ConfidenceRule(getattr(args, "exit_confidence", "softmax"), embed_dim)
+    if name == "dat-halting":
+        return HaltingRule(embed_dim, num_layers)
+    if name == "dat-multinomial":
+        return MultinomialRule(embed_dim, num_layers)
+    raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")

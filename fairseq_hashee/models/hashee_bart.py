@@ -17,8 +17,9 @@ from fairseq.models.transformer import TransformerConfig
 
 from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
+from ..exits import RULES, build_exit_rule
 from ..exits.heads import HEAD_KINDS
-from ..exits.rules import CONFIDENCE_MEASURES, RULES, build_exit_rule
+from ..exits.rules import CONFIDENCE_MEASURES
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
 from .truncation import truncate_stack
 
@@ -61,7 +62,8 @@ class HashEEBARTModel(BARTModel):
             "--decoder-exit-rule",
             choices=RULES,
             help="a dynamic rule that exits decoder positions while they are computed "
-            "(docs/design.md section 7): 'confidence' is CALM's; default none",
+            "(docs/design.md section 7): 'confidence' is CALM's, 'dat-halting' and 'dat-multinomial' "
+            "DAT's; default none",
         )
         parser.add_argument(
             "--exit-confidence",
@@ -108,7 +110,7 @@ class HashEEBARTModel(BARTModel):
             embed_tokens,
             no_encoder_attn=cfg.no_cross_attention,
             exit_impl=args.exit_impl,
-            exit_rule=build_exit_rule(args, cfg.decoder.embed_dim),
+            exit_rule=build_exit_rule(args, cfg.decoder.embed_dim, cfg.decoder.layers),
             exit_heads=args.exit_heads,
         )
 
@@ -137,7 +139,7 @@ class HashEEBARTModel(BARTModel):
             ):
                 table = recipe.build(embeddings.detach().float().cpu().numpy(), "restored embeddings").table
                 logger.info(
-                    f"checkpoint has no {key}; hashed its {stack.stack_name} embeddings: {recipe.histogram(table)}"
+                    f"checkpoint has no {key}; hashing its {stack.stack_name} embeddings: {recipe.histogram(table)}"
                 )
                 state_dict[key] = torch.from_numpy(table)
             elif key not in state_dict:
@@ -180,10 +182,10 @@ class HashEEBARTModel(BARTModel):
             elif self.exit_parameters_may_start_fresh:
                 state_dict[key] = ours[key].clone()
             else:
+                rule = self.decoder.exit_rule
                 raise HashEEError(
-                    f"the checkpoint has no {key}, which --decoder-exit-rule {self.args.decoder_exit_rule} "
-                    f"--exit-confidence {self.args.exit_confidence} needs; train it first "
-                    "(--criterion calm_exit_classifier)"
+                    f"the checkpoint has no {key}, which the {rule.name} exit rule needs; train it first "
+                    f"(--criterion {rule.trained_by})"
                 )
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):

@@ -80,7 +80,7 @@ class PlannedStackMixin:
         for i, layer in enumerate(self.layers, start=1):
             before = x
             x = self._run_layer(layer, x, i, planner, inputs)
-            if rule is not None and i < self.num_layers:
+            if rule is not None and i < self.num_layers and rule.decides_at(i):
                 decision_flops += self._decide_exits(rule, i, x, before, planner)
             if states is not None:
                 states.append(x)
@@ -92,8 +92,7 @@ class PlannedStackMixin:
         if rows.numel() == 0:
             return 0.0
         exits = planner.exits
-        fire = rule.decide(self, layer, after[times, rows], before[times, rows])
-        decided = torch.where(fire, torch.full_like(rows, layer), exits[rows, times])
+        decided = rule.decide(self, layer, after[times, rows], before[times, rows], exits[rows, times])
         planner.set_exits(exits.index_put((rows, times), decided))
         return rows.numel() * rule.flops_per_position(layer, self.shape.embed_dim, self.shape.vocab)
 

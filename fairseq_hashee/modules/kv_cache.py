@@ -53,6 +53,12 @@ def _cat_padding(old: Optional[Tensor], old_len: int, new: Optional[Tensor], new
     return torch.cat([old, new], dim=1)
 
 
+def _stock_layout(t: Tensor) -> Tensor:
+    """A cache tensor as fairseq's stock layer needs it: it views cached keys/values as
+    (B * heads, S, head_dim), which a projection's permuted output does not allow."""
+    return t.contiguous()
+
+
 class SelfAttentionCache:
     """One decoder layer's self-attention cache, for one incremental step."""
 
@@ -85,6 +91,8 @@ class SelfAttentionCache:
                 past = buffer[PREV_KEY].size(2)
                 keys = torch.cat([buffer[PREV_KEY], keys], dim=2)
                 values = torch.cat([buffer[PREV_VALUE], values], dim=2)
+            else:
+                keys, values = _stock_layout(keys), _stock_layout(values)
             key_pad = _cat_padding(
                 buffer.get(PREV_KEY_PADDING_MASK), past, pending_pad, pending.size(1), pending.size(0)
             )
@@ -129,7 +137,8 @@ def cross_attention_kv(
             encoder_out = encoder_out[:, ::beam]
             if encoder_padding_mask is not None:
                 encoder_padding_mask = encoder_padding_mask[::beam]
-        buffer[PREV_KEY], buffer[PREV_VALUE] = project_kv(attn, encoder_out)
+        keys, values = project_kv(attn, encoder_out)
+        buffer[PREV_KEY], buffer[PREV_VALUE] = _stock_layout(keys), _stock_layout(values)
         buffer[PREV_KEY_PADDING_MASK] = encoder_padding_mask
         attn._set_input_buffer(incremental_state, buffer)
     return buffer[PREV_KEY], buffer[PREV_VALUE], buffer.get(PREV_KEY_PADDING_MASK)

@@ -1,0 +1,105 @@
+"""DAT's halting classifiers, trained on oracle exits with the backbone frozen (exits/dat.py).
+
+From a multi-exit model, each target position's oracle exit is the layer
+whose head scores the reference token best, penalised toward shallow layers
+(``--dat-oracle-penalty``). ``dat-multinomial`` learns it as a class from the
+state after layer 1 (cross-entropy); ``dat-halting`` as a sequence of
+halt/continue decisions: at every layer ``i`` below the top with ``i <= e*``,
+halt exactly at ``i = e*`` (binary cross-entropy), the likelihood of the
+oracle under the geometric-like halting distribution. States are the ones
+the model computes at inference (eval mode, every layer run), and nothing but
+the classifiers is updated.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+
+from ..errors import HashEEError
+from ..exits.dat import HaltingRule, MultinomialRule, oracle_exits
+from ..exits.rules import every_layer_in_eval
+from .multi_exit import check_exit_heads, layer_logits
+
+NAME = "dat_exit_classifier"
+
+
+@dataclass
+class DatExitClassifierConfig(FairseqDataclass):
+    dat_oracle_penalty: float = field(
+        default=0.1,
+        metadata={"help": "oracle exit = argmax_i log p_i(reference) - penalty * i: larger exits earlier"},
+    )
+
+
+@register_criterion(NAME, dataclass=DatExitClassifierConfig)
+class DatExitClassifierCriterion(FairseqCriterion):
+    def __init__(self, task, dat_oracle_penalty=0.1):
+        super().__init__(task)
+        if dat_oracle_penalty < 0:
+            raise HashEEError(f"--dat-oracle-penalty: must be >= 0, got {dat_oracle_penalty}")
+        self.penalty = dat_oracle_penalty
+
+    def forward(self, model, sample, reduce=True):
+        check_exit_heads(model, NAME)
+        decoder = model.decoder
+        rule = decoder.exit_rule
+        if not isinstance(rule, (HaltingRule, MultinomialRule)):
+            raise HashEEError(
+                f"--criterion {NAME} trains DAT's halting classifiers: the model needs "
+                "--decoder-exit-rule dat-halting or dat-multinomial"
+            )
+        target = sample["target"]
+        live = target.ne(self.padding_idx)
+        num_layers = decoder.num_layers
+        with torch.no_grad(), every_layer_in_eval(model):
+            net_output = model(**sample["net_input"])
+            scores = torch.stack(
+                [
+                    F.log_softmax(layer_logits(model, net_output, layer).float(), dim=-1)
+                    .gather(-1, target.unsqueeze(-1))
+                    .squeeze(-1)[live]
+                    for layer in range(1, num_layers + 1)
+                ]
+            )
+            oracle = oracle_exits(scores, self.penalty)
+            states = [None] + [net_output[1]["inner_states"][i].transpose(0, 1)[live] for i in range(1, num_layers)]
+        if isinstance(rule, MultinomialRule):
+            logits = rule.exit_layer_classifier(states[1])
+            loss = F.cross_entropy(logits.float(), oracle - 1, reduction="sum")
+            correct = (logits.argmax(dim=-1) + 1 == oracle).sum()
+        else:
+            loss, correct = 0.0, 0
+            for layer in range(1, num_layers):
+                reached = oracle >= layer
+                logits = rule.halting_logits(layer, states[layer][reached])
+                halt = (oracle[reached] == layer).float()
+                loss = loss + F.binary_cross_entropy_with_logits(logits.float(), halt, reduction="sum")
+                correct = correct + ((logits > 0).float() == halt).sum()
+        sample_size = int(oracle.numel())
+        logging_output = {
+            "loss": loss.data,
+            "sample_size": sample_size,
+            "ntokens": sample["ntokens"],
+            "nsentences": target.size(0),
+            "n_correct": int(correct),
+            "oracle_exit_sum": int(oracle.sum()),
+        }
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = max(total("sample_size"), 1)
+        metrics.log_scalar("loss", total("loss") / sample_size, sample_size, round=3)
+        metrics.log_scalar("oracle_exit", total("oracle_exit_sum") / sample_size, sample_size, round=2)
+        metrics.log_scalar("correct", 100.0 * total("n_correct") / sample_size, sample_size, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,80 @@
+"""DAT (Elbayad et al., "Depth-Adaptive Transformer", ICLR 2020): token-level halting from oracle exits.
+
+A multi-exit model (criterions/multi_exit.py) says, for every target position,
+how well each layer's head scores the reference token; the *oracle* exit is
+the layer that scores it best, penalised toward shallow layers:
+
+    e*(t) = argmax_i  log p_i(y_t) - penalty * i
+
+Two halting mechanisms learn to predict it from the states the decoder
+computes (``--criterion dat_exit_classifier``):
+
+- ``dat-halting`` (geometric-like): a binary halting classifier at every
+  layer below the top; a position exits at the first layer whose halting
+  probability reaches ``--exit-threshold`` (default 0.5). Trained as the
+  hazard of the oracle: at layers ``i <= e*``, halt at ``i = e*``, continue
+  below.
+- ``dat-multinomial``: one classifier reads the state after layer 1 and picks
+  the exit layer in 1..L, so the exit is known before layers 2..L run, as a
+  hash's is; no threshold.
+
+Deviations from the paper: the classifiers are trained in a second stage with
+the backbone frozen (the paper also trains them jointly), and the oracle is
+the likelihood-based one without the paper's smoothing over neighbouring
+tokens.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rules import ExitRule
+
+DAT_RULES = ("dat-halting", "dat-multinomial")
+
+
+def oracle_exits(target_logprobs: Tensor, penalty: float) -> Tensor:
+    """Oracle exit layers (N,) in 1..L from each layer's log-probability of the reference token (L, N)."""
+    layers = torch.arange(1, target_logprobs.size(0) + 1, device=target_logprobs.device, dtype=target_logprobs.dtype)
+    return (target_logprobs - penalty * layers[:, None]).argmax(dim=0) + 1
+
+
+class HaltingRule(ExitRule):
+    name = "dat-halting"
+    default_threshold = 0.5
+    trained_by = "dat_exit_classifier"
+
+    def __init__(self, embed_dim: int, num_layers: int):
+        super().__init__()
+        # Row i - 1 is layer i's halting classifier (layers 1..L-1).
+        self.halting = nn.Linear(embed_dim, num_layers - 1)
+
+    def halting_logits(self, layer: int, h: Tensor) -> Tensor:
+        weight, bias = self.halting.weight[layer - 1 : layer], self.halting.bias[layer - 1 : layer]
+        return F.linear(h, weight, bias).squeeze(-1)
+
+    def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
+        return torch.sigmoid(self.halting_logits(layer, h).float()) >= self.threshold
+
+    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
+        return 2.0 * embed_dim
+
+
+class MultinomialRule(ExitRule):
+    name = "dat-multinomial"
+    threshold_range = None
+    trained_by = "dat_exit_classifier"
+
+    def __init__(self, embed_dim: int, num_layers: int):
+        super().__init__()
+        self.exit_layer_classifier = nn.Linear(embed_dim, num_layers)
+
+    def decides_at(self, layer: int) -> bool:
+        return layer == 1
+
+    def decide(self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor) -> Tensor:
+        predicted = (self.exit_layer_classifier(h).argmax(dim=-1) + 1).clamp(min=self.min_layer)
+        return torch.minimum(predicted, current)  # never later than the table's exit
+
+    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
+        return 2.0 * embed_dim * self.exit_layer_classifier.out_features
