@@ -16,7 +16,7 @@ import sys
 
 from ..errors import HashEEError
 from ..tokenization.gpt2_bpe import Gpt2Bpe
-from ..tokenization.parallel import encode_files
+from ..tokenization.parallel import add_file_options, encode_files
 
 
 def main(argv=None) -> None:
@@ -25,15 +25,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--encoder-json", required=True, help="GPT-2 encoder.json")
     parser.add_argument("--vocab-bpe", required=True, help="GPT-2 vocab.bpe (the merges)")
-    parser.add_argument("--inputs", nargs="+", help="text files, one example a line")
-    parser.add_argument("--outputs", nargs="+", help="where the ids of each input go (same order)")
-    parser.add_argument("--workers", type=int, default=1, help="encoding processes")
-    parser.add_argument(
-        "--max-len",
-        type=int,
-        help="cut longer lines to this many ids, counted (for BART: 1023, "
-        "fairseq-preprocess appends </s> to reach the 1024 positions)",
-    )
+    add_file_options(parser, "ids", "for BART 1023, fairseq-preprocess appends </s> to reach the 1024 positions")
     parser.add_argument("--decode", action="store_true", help="read lines of ids on stdin, write text")
     args = parser.parse_args(argv)
     if args.decode == bool(args.inputs or args.outputs):

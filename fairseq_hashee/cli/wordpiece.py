@@ -13,7 +13,7 @@ import sys
 from typing import BinaryIO, List, Optional, Sequence, TextIO
 
 from ..errors import HashEEError
-from ..tokenization.parallel import encode_files
+from ..tokenization.parallel import add_file_options, encode_files
 from ..tokenization.wordpiece import WordPieceSubwords
 
 
@@ -35,15 +35,7 @@ def main(
         help="write SYMBOL before the pieces of every line: with a dictionary from hashee-convert, "
         "'<s>' is [CLS], which frames a CPT sentence as [CLS] ... [SEP] (fairseq appends [SEP] as </s>)",
     )
-    parser.add_argument("--inputs", nargs="+", help="encode these files instead of stdin (in worker processes)")
-    parser.add_argument("--outputs", nargs="+", help="where the pieces of each input go (same order)")
-    parser.add_argument("--workers", type=int, default=1, help="with --inputs: encoding processes")
-    parser.add_argument(
-        "--max-len",
-        type=int,
-        help="with --inputs: cut longer lines to this many tokens "
-        "(--prepend included), counted; for CPT 511, fairseq-preprocess appends the 512th",
-    )
+    add_file_options(parser, "tokens", "--prepend included; for CPT 511, fairseq-preprocess appends the 512th")
     args = parser.parse_args(argv)
     if args.inputs or args.outputs:
         if args.decode:

@@ -104,3 +104,14 @@ def encode_files(
         if pool:
             pool.terminate()
     return reports
+
+
+def add_file_options(parser, unit: str, max_len_hint: str) -> None:
+    """The command-line options of ``encode_files`` (hashee-gpt2-bpe, hashee-wordpiece):
+    ``unit`` names what a line is cut into, ``max_len_hint`` the length a model takes."""
+    parser.add_argument("--inputs", nargs="+", help="text files to encode, one example a line (in worker processes)")
+    parser.add_argument("--outputs", nargs="+", help=f"where the {unit} of each input go (same order)")
+    parser.add_argument("--workers", type=int, default=1, help="with --inputs: encoding processes")
+    parser.add_argument(
+        "--max-len", type=int, help=f"with --inputs: cut longer lines to this many {unit}, counted; {max_len_hint}"
+    )
