@@ -111,7 +111,8 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
 
     args = argparse.Namespace(arch="hashee_bart_base", model_args=TINY, tgt_len=4, seed=1, checkpoint=None)
     dictionary = benchmark.synthetic_dictionary(200)
-    hashee, stock = benchmark.build_models(args, dictionary, 32)
+    models = benchmark.build_models(args, dictionary, 32)
+    hashee, stock = models.hashee, models.stock
     src = torch.randint(4, 200, (2, 12))
     with torch.no_grad():
         ours = hashee.encoder(src, torch.tensor([12, 12]))["encoder_out"][0]

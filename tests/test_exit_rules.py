@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_flops import _measured
 
+from fairseq_hashee.exits.rules import rule_scores
 from fairseq_hashee.modules import flops
 
 from helpers import PRECISIONS, build_hashee, random_batch, set_exit_impl, tiny_dictionary
@@ -43,28 +44,12 @@ def _never_fires(model):
         rule.set_threshold(rule.threshold_range[1])  # top of the measure's range
 
 
-def _confidences(model, src, src_lengths, prev):
-    """Every position's confidence at every layer below the top, from a forward without exits."""
-    decoder, rule = model.decoder, model.decoder.exit_rule
-    with torch.no_grad(), _without_rule(decoder):
-        _, extra = model(src, src_lengths, prev)
-    states = extra["inner_states"]
-    return torch.cat(
-        [
-            rule.confidence(
-                decoder, i, states[i].reshape(-1, states[i].size(-1)), states[i - 1].reshape(-1, states[i].size(-1))
-            )
-            for i in range(1, LAYERS)
-        ]
-    )
-
-
 def _fire_about_half(model, gen, bsz=3):
     """A threshold at which a confidence rule exits some positions early and keeps others
     (DAT's random classifiers already do at their defaults)."""
     src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=bsz)
-    if hasattr(model.decoder.exit_rule, "confidence"):
-        model.decoder.exit_rule.set_threshold(float(_confidences(model, src, src_lengths, prev).median().detach()))
+    if model.decoder.exit_rule.threshold_range is not None:
+        model.decoder.exit_rule.set_threshold(float(rule_scores(model, src, src_lengths, prev).median()))
 
 
 @contextlib.contextmanager

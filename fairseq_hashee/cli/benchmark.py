@@ -42,6 +42,8 @@ from fairseq.sequence_generator import SequenceGenerator
 from .. import hash_functions, models
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
+from ..exits import build_exit_rule
+from ..exits.rules import rule_scores
 from ..io_utils import atomic_write
 from ..modules import flops
 from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
@@ -53,7 +55,22 @@ STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
     "HashEE, encoder exits",
     "HashEE, enc+dec exits",
 )
-CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS)
+# The methods HashEE is compared with (docs/exit-methods.md), on the same weights: a
+# static half-depth model (the first layers of each stack), and dynamic decoder rules
+# beside HashEE encoder exits, their thresholds at the median of their scores on the
+# setting's own inputs (random weights give no meaningful confidence to fix one at).
+STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING = (
+    "static half depth",
+    "CALM softmax, enc exits",
+    "CALM saturation, enc ex.",
+    "DAT halting, enc exits",
+)
+RULE_CONFIGS = {
+    CALM_SOFTMAX: {"decoder_exit_rule": "confidence", "exit_confidence": "softmax"},
+    CALM_SATURATION: {"decoder_exit_rule": "confidence", "exit_confidence": "saturation"},
+    DAT_HALTING: {"decoder_exit_rule": "dat-halting"},
+}
+CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
 TARGETS = {"no_exit_overhead": 1.03, "encoder_efficiency": 0.9, "generation_efficiency": 0.8}
 # The resident-set measure moves by a fraction of a MiB between identical runs.
 MEMORY_TOLERANCE_MIB = 1.0
@@ -85,8 +102,18 @@ def model_overrides(text: str) -> Dict[str, int]:
     return overrides
 
 
-def build_models(args, dictionary, max_source: int):
-    """HashEE and stock fairseq BART with the same weights, in eval mode."""
+class Models(NamedTuple):
+    """Every model a benchmark runs, sharing one set of weights."""
+
+    hashee: torch.nn.Module
+    stock: Optional[torch.nn.Module]  # fairseq's BART (BART architectures only)
+    half: torch.nn.Module  # the first half of each of HashEE's stacks (static truncation)
+    rules: Dict[str, torch.nn.Module]  # a decoder exit rule per rule configuration
+
+
+def build_models(args, dictionary, max_source: int) -> Models:
+    """HashEE, stock fairseq BART and the static half-depth model with the same weights,
+    and the dynamic rules (their own parameters random)."""
     model_args = argparse.Namespace(
         arch=args.arch,
         task="hashee_summarization",
@@ -108,7 +135,20 @@ def build_models(args, dictionary, max_source: int):
         bart_base_architecture(stock_args)
         stock = BARTModel.build_model(stock_args, _Dictionaries(dictionary))
         share_parameters(hashee, stock)
-    return hashee, stock
+    half_args = argparse.Namespace(**vars(model_args))
+    half_args.encoder_layers = (hashee.encoder.num_layers + 1) // 2
+    half_args.decoder_layers = (hashee.decoder.num_layers + 1) // 2
+    half = type(hashee).build_model(half_args, _Dictionaries(dictionary))
+    share_parameters(hashee, half)  # layers 0..k-1 are the full model's first k
+    for stack, full in ((half.encoder, hashee.encoder), (half.decoder, hashee.decoder)):
+        stack.load_state_dict({"full_depth": full.full_depth}, strict=False)  # report against the full depth
+    rules = {
+        config: build_exit_rule(
+            argparse.Namespace(**options), hashee.decoder.shape.embed_dim, hashee.decoder.num_layers
+        )
+        for config, options in RULE_CONFIGS.items()
+    }
+    return Models(hashee, stock, half, rules)
 
 
 def share_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
@@ -190,6 +230,8 @@ class Inputs:
         self.src_tokens = src.to(device)
         self.src_lengths = torch.full((batch,), src_len, device=device)
         self.prefix = None if args.free_decoding else tgt.to(device)
+        # The teacher-forced decoder input of the sampled targets: what rule thresholds are set on.
+        self.prev = torch.cat([torch.full((batch, 1), dictionary.eos()), tgt[:, :-1]], dim=1).to(device)
         self.sample = {"net_input": {"src_tokens": self.src_tokens, "src_lengths": self.src_lengths}}
 
 
@@ -285,21 +327,29 @@ class Setting(NamedTuple):
     tables: Dict[str, np.ndarray]
 
 
-def _runner(setting: Setting, models_by_config, args, dictionary) -> Callable[[str], Callable[[], None]]:
-    """For a configuration, the call that runs it (its tables installed)."""
-    hashee, stock = models_by_config
+def _runner(setting: Setting, models: Models, args, dictionary) -> Callable[[str], Tuple[torch.nn.Module, Callable]]:
+    """For a configuration, the model it runs and the call that runs it (tables and rule installed)."""
     inputs, tables = setting.inputs, setting.tables
+    hashee = models.hashee
+    thresholds: Dict[str, float] = {}
 
     def prepare(config):
-        model = stock if config == STOCK else hashee
-        if config != STOCK:
+        model = {STOCK: models.stock, STATIC_HALF: models.half}.get(config, hashee)
+        if model is hashee:
             set_tables(
                 hashee,
                 None if config == NO_EXITS else tables["encoder"],
                 tables["decoder"] if config == ALL_EXITS else None,
             )
+            hashee.decoder.exit_rule = models.rules.get(config)
+            if config in RULE_CONFIGS:
+                if config not in thresholds:
+                    thresholds[config] = float(
+                        rule_scores(hashee, inputs.src_tokens, inputs.src_lengths, inputs.prev).median()
+                    )
+                models.rules[config].set_threshold(thresholds[config])
         if setting.kind == "encoder":
-            return lambda: model.encoder(inputs.src_tokens, inputs.src_lengths)
+            return model, lambda: model.encoder(inputs.src_tokens, inputs.src_lengths)
         generator = SequenceGenerator(
             [model],
             dictionary,
@@ -308,7 +358,7 @@ def _runner(setting: Setting, models_by_config, args, dictionary) -> Callable[[s
             max_len_b=args.tgt_len,
             min_len=1 if args.free_decoding else args.tgt_len,
         )
-        return lambda: generator.generate([model], inputs.sample, prefix_tokens=inputs.prefix)
+        return model, lambda: generator.generate([model], inputs.sample, prefix_tokens=inputs.prefix)
 
     return prepare
 
@@ -318,22 +368,25 @@ def _describe(setting: Setting) -> str:
     return f"{setting.kind}, source length {src.size(1)}, batch {src.size(0)}"
 
 
-def _configs(models_by_config) -> List[str]:
-    return [c for c in CONFIGS if c != STOCK or models_by_config[1] is not None]
+def _configs(models: Models, kind: str) -> List[str]:
+    """Stock BART where the architecture has one; decoder rules in generation only."""
+    return [
+        c for c in CONFIGS if (c != STOCK or models.stock is not None) and (kind == "generate" or c not in RULE_CONFIGS)
+    ]
 
 
-def count_setting(setting: Setting, models_by_config, args, dictionary, device) -> Tuple[dict, dict]:
+def count_setting(setting: Setting, models: Models, args, dictionary, device) -> Tuple[dict, dict]:
     """FLOPs report and peak memory of every configuration (after a warm-up pass)."""
-    prepare = _runner(setting, models_by_config, args, dictionary)
-    configs = _configs(models_by_config)
+    prepare = _runner(setting, models, args, dictionary)
+    configs = _configs(models, setting.kind)
     counts, memory = {}, {}
     with torch.inference_mode():
         for c in configs:
-            prepare(c)()
+            prepare(c)[1]()
         for c in configs:
-            fn = prepare(c)
+            model, fn = prepare(c)
             if c != STOCK:
-                with flops.measuring(models_by_config[0]) as meter:
+                with flops.measuring(model) as meter:
                     fn()
                 counts[c] = flops.speedup_report(meter.sums)
                 counts[c]["sums"] = dict(meter.sums)
@@ -341,18 +394,18 @@ def count_setting(setting: Setting, models_by_config, args, dictionary, device) 
     return counts, memory
 
 
-def time_setting(setting: Setting, models_by_config, args, dictionary, device) -> Dict[str, List[float]]:
+def time_setting(setting: Setting, models: Models, args, dictionary, device) -> Dict[str, List[float]]:
     """Wall-clock seconds of every configuration, ``--repeats`` times, interleaved
     so that drift of the machine hits all alike (after a warm-up pass)."""
-    prepare = _runner(setting, models_by_config, args, dictionary)
-    configs = _configs(models_by_config)
+    prepare = _runner(setting, models, args, dictionary)
+    configs = _configs(models, setting.kind)
     walls = {c: [] for c in configs}
     with torch.inference_mode():
         for c in configs:
-            prepare(c)()
+            prepare(c)[1]()
         for _ in range(args.repeats):
             for c in configs:
-                fn = prepare(c)
+                fn = prepare(c)[1]
                 walls[c].append(timed(fn, device))
     return walls
 
@@ -429,15 +482,16 @@ def check_targets(rows: List[dict]) -> List[dict]:
                 "met": row["efficiency"] >= TARGETS["encoder_efficiency"],
             }
         )
-    for row in find("generate", ALL_EXITS):
-        checks.append(
-            {
-                "target": f"generation efficiency, enc+dec exits (src {row['src_len']}, batch {row['batch']})",
-                "value": row["efficiency"],
-                "want": f">= {TARGETS['generation_efficiency']}",
-                "met": row["efficiency"] >= TARGETS["generation_efficiency"],
-            }
-        )
+    for config, name in ((ALL_EXITS, "enc+dec exits"), *((rule, rule) for rule in RULE_CONFIGS)):
+        for row in find("generate", config):
+            checks.append(
+                {
+                    "target": f"generation efficiency, {name} (src {row['src_len']}, batch {row['batch']})",
+                    "value": row["efficiency"],
+                    "want": f">= {TARGETS['generation_efficiency']}",
+                    "met": row["efficiency"] >= TARGETS["generation_efficiency"],
+                }
+            )
     return checks
 
 
@@ -543,11 +597,12 @@ def run(args) -> dict:
             dictionary = synthetic_dictionary(load_model_state(args.checkpoint)["encoder.embed_tokens.weight"].size(0))
         else:
             dictionary = synthetic_dictionary(args.vocab_size)
-        hashee, stock = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
+        models = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
+        hashee = models.hashee
         tables = dataset_tables(args, hashee, dictionary) if args.data else synthetic_tables(args, hashee, dictionary)
-        models_by_config = tuple(
-            None if m is None else m.to(device=device, dtype=dtype).eval() for m in (hashee, stock)
-        )
+        for module in (models.hashee, models.stock, models.half, *models.rules.values()):
+            if module is not None:
+                module.to(device=device, dtype=dtype).eval()
         probs = zipf_probabilities(dictionary)
 
         settings = (
@@ -582,12 +637,12 @@ def run(args) -> dict:
         counted = []
         for setting in measured:
             print(f"counting {_describe(setting)}", file=sys.stderr)
-            counted.append(count_setting(setting, models_by_config, args, dictionary, device))
+            counted.append(count_setting(setting, models, args, dictionary, device))
 
     results = []
     for setting, (counts, memory) in zip(measured, counted):
         print(f"timing {_describe(setting)}", file=sys.stderr)
-        walls = time_setting(setting, models_by_config, args, dictionary, device)
+        walls = time_setting(setting, models, args, dictionary, device)
         results.append(setting_rows(setting, counts, memory, walls, args))
     rows = [row for result in results[: len(settings)] for row in result]
     sweep = [

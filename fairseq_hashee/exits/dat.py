@@ -53,8 +53,8 @@ class HaltingRule(ExitRule):
         weight, bias = self.halting.weight[layer - 1 : layer], self.halting.bias[layer - 1 : layer]
         return F.linear(h, weight, bias).squeeze(-1)
 
-    def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
-        return torch.sigmoid(self.halting_logits(layer, h).float()) >= self.threshold
+    def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
+        return torch.sigmoid(self.halting_logits(layer, h).float())
 
     def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
         return 2.0 * embed_dim

@@ -69,6 +69,10 @@ class ExitRule(nn.Module):
         return torch.where(self.fires(decoder, layer, h, h_prev), torch.full_like(current, layer), current)
 
     def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
+        return self.score(decoder, layer, h, h_prev) >= self.threshold
+
+    def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
+        """What the threshold is compared with (N,), for rules that take one."""
         raise NotImplementedError
 
     def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
@@ -90,7 +94,7 @@ class ConfidenceRule(ExitRule):
             self.threshold_range = (-1.0, 1.0)
         self.meta_classifier = nn.Linear(embed_dim, 2) if measure == "classifier" else None
 
-    def confidence(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
+    def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
         """``c_layer`` (N,) of the positions whose states after/before the layer are ``h``/``h_prev``."""
         if self.measure == "softmax":
             probs = F.softmax(decoder.exit_heads.logits(decoder, layer, h).float(), dim=-1)
@@ -99,9 +103,6 @@ class ConfidenceRule(ExitRule):
         if self.measure == "saturation":
             return F.cosine_similarity(h.float(), h_prev.float(), dim=-1)
         return F.softmax(self.meta_classifier(h).float(), dim=-1)[:, 1]
-
-    def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
-        return self.confidence(decoder, layer, h, h_prev) >= self.threshold
 
     def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
         if self.measure == "softmax":
@@ -123,3 +124,21 @@ def every_layer_in_eval(model):
     finally:
         decoder.exit_rule = rule
         model.train(training)
+
+
+def rule_scores(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
+    """The decoder rule's score of every live position at every layer below the top,
+    from a forward that runs every layer: what a threshold is calibrated on (its
+    median exits about half the position-layer pairs)."""
+    decoder, rule = model.decoder, model.decoder.exit_rule
+    cross_attention = decoder.layers[0].encoder_attn
+    beam = cross_attention.beam_size if cross_attention is not None else 1
+    model.set_beam_size(1)  # a teacher-forced pass has one encoder row per decoder row
+    try:
+        with torch.no_grad(), every_layer_in_eval(model):
+            _, extra = model(src_tokens, src_lengths, prev_output_tokens)
+    finally:
+        model.set_beam_size(beam)
+    live = prev_output_tokens.ne(decoder.padding_idx).t()  # (T, B), as the states
+    states = [state[live] for state in extra["inner_states"]]
+    return torch.cat([rule.score(decoder, i, states[i], states[i - 1]) for i in range(1, decoder.num_layers)])
