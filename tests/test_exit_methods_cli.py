@@ -153,3 +153,78 @@ def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule
             generate(data_bin, tmp_path / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False)
         )
         assert "--exit-threshold: the dat-multinomial rule takes no threshold" in line
+
+
+@pytest.mark.parametrize("rule, threshold", [("confidence", None), ("dat-halting", 0.5)])
+def test_trained_models_keep_the_cache_invariant(calm, data_bin, tmp_path, rule, threshold):
+    """The invariant of design section 7 on trained weights, with HashEE encoder exits."""
+    import torch
+    from fairseq import checkpoint_utils
+    from test_exit_rules import incremental_against_replay
+
+    from fairseq_hashee.exits.rules import rule_scores
+
+    root, _, _ = calm
+    checkpoint = root / "classifier" / "checkpoint_last.pt"
+    if rule == "dat-halting":
+        train(
+            data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", root / "backbone" / "checkpoint_last.pt",
+            "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 5,
+            criterion=["--criterion", "dat_exit_classifier"],
+        )  # fmt: skip
+        checkpoint = tmp_path / "checkpoint_last.pt"
+    [model], _ = checkpoint_utils.load_model_ensemble([str(checkpoint)])
+    model.eval()
+    assert not model.encoder.no_early_exits  # trained with the task's HashEE encoder table
+    gen = torch.Generator().manual_seed(0)
+    if threshold is None:  # the meta classifier at the median of its scores
+        dictionary = model.decoder.dictionary
+        src = torch.randint(dictionary.nspecial, len(dictionary), (4, 10), generator=gen)
+        prev = torch.randint(dictionary.nspecial, len(dictionary), (4, 8), generator=gen)
+        threshold = float(rule_scores(model, src, torch.full((4,), 10), prev).median())
+    model.decoder.exit_rule.set_threshold(threshold)
+    difference, decided = incremental_against_replay(model, gen)
+    assert bool((decided < LAYERS).any())
+    assert difference < 1e-5
+
+
+def test_interactive_generation_with_a_rule(calm, data_bin, text_corpus):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import USER_DIR
+
+    root, _, _ = calm
+    documents = (text_corpus / "test.src").read_text(encoding="utf-8").splitlines()[:3]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fairseq_cli.interactive", str(data_bin), "--path",
+         str(root / "classifier" / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "hashee_summarization",
+         "-s", "src", "-t", "tgt", "--beam", "2", "--max-len-b", "10", "--cpu", "--exit-threshold", "0.0"],
+        input="\n".join(documents) + "\n", capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("H-")]) == 3
+    assert _decoder_speedup(proc)[1] == 1.0  # threshold 0: every position exits at layer 1
+
+
+def test_python_api_takes_the_threshold(calm, data_bin, text_corpus, tmp_path):
+    """HashEESummarizer passes task options such as exit_threshold to the model it loads."""
+    from fairseq_hashee.cli import spm
+    from fairseq_hashee.hub_interface import HashEESummarizer
+
+    root, _, _ = calm
+    # Subwords the API can encode with (a word-level dictionary sees whole words among them).
+    spm.main(["train", "--input", str(text_corpus / "train.src"), "--model-prefix", str(tmp_path / "spm"),
+              "--vocab-size", "300"])  # fmt: skip
+    documents = (text_corpus / "test.src").read_text(encoding="utf-8").splitlines()[:4]
+    reports = {}
+    for threshold in (0.0, 1.0):
+        summarizer = HashEESummarizer.from_pretrained(
+            str(root / "classifier"), "checkpoint_last.pt", str(data_bin), subwords_dir=str(tmp_path),
+            exit_threshold=threshold,
+        )  # fmt: skip
+        reports[threshold] = summarizer.summarize(documents, beam=2, max_len_b=8).speedup
+    assert reports[0.0]["dec_mean_exit"] == 1.0 and reports[0.0]["dec_speedup"] > 1.0
+    # never firing, the classifier's decisions are all it adds: a little below 1
+    assert reports[1.0]["dec_mean_exit"] == LAYERS and 0.99 < reports[1.0]["dec_speedup"] < 1.0

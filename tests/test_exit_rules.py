@@ -74,17 +74,11 @@ def _replaying(decoder, exits):
         decoder.token_exits, decoder.no_early_exits = lookup, not table_has_exits
 
 
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("impl", ["skip", "masked"])
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("device, dtype, atol", PRECISIONS)
-def test_incremental_equals_teacher_forced_replay(rule, impl, seed, device, dtype, atol):
-    model = _model(rule, seed=seed)
+def incremental_against_replay(model, gen, device="cpu"):
+    """Decode random targets incrementally (3 sentences, 2 beams, reordered at steps 3 and 6)
+    and teacher-forced replaying the exits the steps took; returns the largest output
+    difference and the exits (B * beam, steps)."""
     dictionary = model.decoder.dictionary
-    gen = torch.Generator().manual_seed(seed)
-    _fire_about_half(model, gen)
-    set_exit_impl(model, impl)
-    model.to(device=device, dtype=dtype)
     bsz, beam, steps = 3, 2, 9
     src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10, device=device)
     expand = torch.arange(bsz, device=device).repeat_interleave(beam)
@@ -106,12 +100,26 @@ def test_incremental_equals_teacher_forced_replay(rule, impl, seed, device, dtyp
             out, extra = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
             decided[:, step] = extra["exits"][:, 0]
             outputs.append(out[:, 0])
-        assert 1 <= int((decided < LAYERS).sum()) < decided.numel(), "the rule should exit some positions, not all"
-        model.decoder.set_beam_size(1)
+        model.set_beam_size(1)
         with _replaying(model.decoder, decided):
             forced = model.decoder(tokens, encoder_out=full_encoder_out)[0]
+    return (torch.stack(outputs, dim=1) - forced).float().abs().max(), decided
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("impl", ["skip", "masked"])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("device, dtype, atol", PRECISIONS)
+def test_incremental_equals_teacher_forced_replay(rule, impl, seed, device, dtype, atol):
+    model = _model(rule, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    _fire_about_half(model, gen)
+    set_exit_impl(model, impl)
+    model.to(device=device, dtype=dtype)
+    difference, decided = incremental_against_replay(model, gen, device)
+    assert 1 <= int((decided < LAYERS).sum()) < decided.numel(), "the rule should exit some positions, not all"
     # bf16 keeps 8 bits of mantissa; the tiny models' logits are below 1 (as in test_incremental)
-    assert (torch.stack(outputs, dim=1) - forced).float().abs().max() < atol
+    assert difference < atol
 
 
 @pytest.mark.parametrize("rule", RULES)
