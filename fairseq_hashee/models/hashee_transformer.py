@@ -67,15 +67,25 @@ class PlannedStackMixin:
         self._exit_impl = value
         self._run_layer = runners[value]
 
-    def run_layers(self, x: Tensor, exits: Tensor, inputs: LayerInputs, states: Optional[List] = None) -> StackRun:
-        """Run every layer on ``x`` (T, B, C) whose positions exit at ``exits`` (B, T).
+    def _active_rule(self):
+        """The exit rule, unless training: multi-exit training runs every layer."""
+        return None if self.training else self.exit_rule
+
+    def plan(self, exits: Tensor) -> StackPlanner:
+        """The planner of one forward over positions that exit at ``exits`` (B, T)."""
+        no_exits = self.no_early_exits and self._active_rule() is None
+        return StackPlanner(exits, self.num_layers, every_layer_full=no_exits)
+
+    def run_layers(
+        self, x: Tensor, planner: StackPlanner, inputs: LayerInputs, states: Optional[List] = None
+    ) -> StackRun:
+        """Run every layer on ``x`` (T, B, C) as ``planner`` (from ``plan``) plans them.
 
         ``states``, when given, receives the states after each layer. A rule
-        (not while training: multi-exit training runs every layer) decides
-        after each layer below the top which of its active positions exit there.
+        decides after each layer below the top which of its active positions
+        exit there.
         """
-        rule = None if self.training else self.exit_rule
-        planner = StackPlanner(exits, self.num_layers, every_layer_full=self.no_early_exits and rule is None)
+        rule = self._active_rule()
         decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
             before = x
@@ -126,19 +136,20 @@ class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
         token_embeddings: Optional[Tensor] = None,
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
-        has_pads = bool(padding_mask.any())
+        exits = self.token_exits(src_tokens)
+        planner = self.plan(exits)
+        has_pads = planner.any_padding(padding_mask)  # the forward's one host read
         x, encoder_embedding = self.forward_embedding(src_tokens, token_embeddings)
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
         x = x.transpose(0, 1)
-        exits = self.token_exits(src_tokens)
         inputs = LayerInputs(
             padding_mask=padding_mask if has_pads else None,
             # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
             in_place=not return_all_hiddens and not torch.is_grad_enabled(),
         )
         encoder_states: List[Tensor] = [x] if return_all_hiddens else []
-        x = self.run_layers(x, exits, inputs, encoder_states if return_all_hiddens else None).x
+        x = self.run_layers(x, planner, inputs, encoder_states if return_all_hiddens else None).x
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -235,16 +246,16 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
 
         x, tokens = self._embed_new_positions(prev_output_tokens, incremental_state)
         pad = tokens.eq(self.padding_idx)
-        exits = self.token_exits(tokens)
+        planner = self.plan(self.token_exits(tokens))
         inputs = LayerInputs(
-            padding_mask=pad if bool(pad.any()) else None,
+            padding_mask=pad if planner.any_padding(pad) else None,  # the step's one host read
             encoder_out=enc,
             encoder_padding_mask=enc_padding_mask,
             incremental_state=incremental_state,
             self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
         )
         inner_states: List[Optional[Tensor]] = [x]
-        run = self.run_layers(x, exits, inputs, inner_states)
+        run = self.run_layers(x, planner, inputs, inner_states)
         x, exits = run.x, run.exits
 
         if self.layer_norm is not None:

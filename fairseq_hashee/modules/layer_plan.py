@@ -82,6 +82,15 @@ class StackPlanner:
             return Plan.EVERY
         return _active_positions(self.exits >= layer, n_active, n_rows, n_slots)
 
+    def any_padding(self, padding: Tensor) -> bool:
+        """Whether any position is padding (``padding``: True there): from the counts when
+        the plans need them anyway, so a forward still reads from the device once."""
+        if self.every_layer_full:
+            return bool(padding.any())
+        if self._counts is None:
+            self._counts = self._read_counts()
+        return self._counts[3][0] < self.exits.numel()
+
     def set_exits(self, exits: Tensor) -> None:
         """Exits changed by a rule after a layer: the layers above are planned anew."""
         self.exits = exits
