@@ -77,22 +77,28 @@ class PlannedStackMixin:
         return StackPlanner(exits, self.num_layers, every_layer_full=no_exits)
 
     def run_layers(
-        self, x: Tensor, planner: StackPlanner, inputs: LayerInputs, states: Optional[List] = None
+        self, states: List[Tensor], planner: StackPlanner, inputs: LayerInputs, keep_states: bool
     ) -> StackRun:
-        """Run every layer on ``x`` (T, B, C) as ``planner`` (from ``plan``) plans them.
+        """Run every layer, as ``planner`` (from ``plan``) plans them, on ``states[-1]`` (T, B, C).
 
-        ``states``, when given, receives the states after each layer. A rule
-        decides after each layer below the top which of its active positions
-        exit there.
+        With ``keep_states`` each layer's output is appended to ``states``;
+        without, the list is emptied, so that (the caller holding no other
+        reference) no state outlives the layer that reads it: one state less
+        at the memory peak. A rule decides after each layer below the top
+        which of its active positions exit there.
         """
+        x = states[-1]
+        if not keep_states:
+            states.clear()
         rule = self._active_rule()
         decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
-            before = x
+            # The input stays referenced only while a rule may read it (the state before the layer).
+            before = x if rule is not None else None
             x = self._run_layer(layer, x, i, planner, inputs)
             if rule is not None and i < self.num_layers and rule.decides_at(i):
                 decision_flops += self._decide_exits(rule, i, x, before, planner)
-            if states is not None:
+            if keep_states:
                 states.append(x)
         return StackRun(x, planner.exits, decision_flops)
 
@@ -142,14 +148,14 @@ class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
         x, encoder_embedding = self.forward_embedding(src_tokens, token_embeddings)
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
-        x = x.transpose(0, 1)
+        encoder_states: List[Tensor] = [x.transpose(0, 1)]
+        del x  # the loop's states alone hold the layers' input
         inputs = LayerInputs(
             padding_mask=padding_mask if has_pads else None,
             # Nothing but the loop holds on to x unless hidden states are returned or autograd needs it.
             in_place=not return_all_hiddens and not torch.is_grad_enabled(),
         )
-        encoder_states: List[Tensor] = [x] if return_all_hiddens else []
-        x = self.run_layers(x, planner, inputs, encoder_states if return_all_hiddens else None).x
+        x = self.run_layers(encoder_states, planner, inputs, keep_states=return_all_hiddens).x
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -255,7 +261,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
         )
         inner_states: List[Optional[Tensor]] = [x]
-        run = self.run_layers(x, planner, inputs, inner_states)
+        run = self.run_layers(inner_states, planner, inputs, keep_states=True)
         x, exits = run.x, run.exits
 
         if self.layer_norm is not None:
