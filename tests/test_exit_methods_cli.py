@@ -90,24 +90,6 @@ def test_bad_generation_options(calm, data_bin, options, message):
     assert not _hypotheses(proc)
 
 
-def test_a_rule_without_its_parameters_is_refused(calm, data_bin):
-    root, _, _ = calm
-    overrides = "{'exit_confidence': 'classifier'}"
-    softmax = train(data_bin, root / "softmax", "--decoder-exit-rule", "confidence", "--max-update", 2,
-                    criterion=MULTI_EXIT)  # fmt: skip
-    assert softmax.returncode == 0
-    line = _one_error_line(
-        generate(data_bin, root / "softmax" / "checkpoint_last.pt", "--model-overrides", overrides, check=False)
-    )
-    assert "has no decoder.exit_rule.meta_classifier" in line and "--criterion calm_exit_classifier" in line
-
-
-def test_threshold_without_a_rule_is_refused(data_bin, tmp_path):
-    train(data_bin, tmp_path, "--max-update", 1)
-    line = _one_error_line(generate(data_bin, tmp_path / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False))
-    assert "--exit-threshold: the model has no dynamic exit rule" in line
-
-
 def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
     root, _, _ = calm
     deep = root / "backbone" / "checkpoint_last.pt"
@@ -120,6 +102,12 @@ def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
     speedup = re.search(r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x",
                         generate(data_bin, tmp_path / "cut" / "checkpoint_last.pt").stderr)  # fmt: skip
     assert float(speedup.group(1)) == 2.0 and 1.0 < float(speedup.group(2)) < 2.0
+
+    # a model without a rule takes no threshold
+    line = _one_error_line(
+        generate(data_bin, tmp_path / "cut" / "checkpoint_last.pt", "--exit-threshold", 0.5, check=False)
+    )
+    assert "--exit-threshold: the model has no dynamic exit rule" in line
 
     line = _one_error_line(train(data_bin, tmp_path / "bad", *shallow, "--keep-encoder-layers", "3", check=False))
     assert "--keep-encoder-layers: layer(s) [3] outside the checkpoint's layers 1..2" in line

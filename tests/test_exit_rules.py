@@ -106,10 +106,17 @@ def incremental_against_replay(model, gen, device="cpu"):
     return (torch.stack(outputs, dim=1) - forced).float().abs().max(), decided
 
 
+# fp32: both paths, two seeds; half precision: the skip path, one seed (the masked reference is fp32's).
+REPLAY_CASES = [
+    pytest.param(impl, seed, *precision.values, id=f"{impl}-{seed}-{precision.id}")
+    for precision in PRECISIONS
+    for impl in (["skip", "masked"] if precision.values[1] == torch.float32 else ["skip"])
+    for seed in ([0, 1] if precision.values[1] == torch.float32 else [0])
+]
+
+
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("impl", ["skip", "masked"])
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("device, dtype, atol", PRECISIONS)
+@pytest.mark.parametrize("impl, seed, device, dtype, atol", REPLAY_CASES)
 def test_incremental_equals_teacher_forced_replay(rule, impl, seed, device, dtype, atol):
     model = _model(rule, seed=seed)
     gen = torch.Generator().manual_seed(seed)
