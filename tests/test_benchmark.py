@@ -2,7 +2,9 @@
 
 import json
 
+from fairseq_hashee.benchmark import report, settings
 from fairseq_hashee.cli import benchmark
+from fairseq_hashee.errors import HashEEError
 
 TINY = (
     "encoder_layers=3,decoder_layers=3,encoder_embed_dim=32,decoder_embed_dim=32,encoder_ffn_embed_dim=64,"
@@ -24,9 +26,13 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
             "1,2",
             "--gen-src-len",
             "16",
+            "--gen-batch-size",
+            "1,2",
             "--tgt-len",
             "5",
             "--repeats",
+            "1",
+            "--gen-repeats",
             "1",
             "--sweep",
             "1,2,3;3",
@@ -36,17 +42,24 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     configs = [r["config"] for r in result["rows"]]
-    assert configs.count(benchmark.STOCK) == 3 and configs.count(benchmark.ALL_EXITS) == 3
+    # two encoder settings; generation at two batch sizes, forced and free
+    assert configs.count(settings.STOCK) == 6 and configs.count(settings.ALL_EXITS) == 6
+    generated = [(r["batch"], r["decoding"]) for r in result["rows"] if r["config"] == settings.STOCK][2:]
+    assert generated == [(1, "forced"), (1, "free"), (2, "forced"), (2, "free")]
     for row in result["rows"]:
         assert row["wall_s"] > 0 and row["tokens_per_s"] > 0
-        assert abs(row["efficiency"] - row["wall_speedup"] / row["flops_speedup"]) < 1e-9
-        if row["config"] in (benchmark.STOCK, benchmark.NO_EXITS):
+        # efficiency is against the same kernels with no exits; the end-to-end figure is apart
+        assert abs(row["efficiency"] - row["exit_wall_speedup"] / row["flops_speedup"]) < 1e-9
+        assert row["wall_speedup"] > 0
+        if row["config"] == settings.NO_EXITS:
+            assert row["exit_wall_speedup"] == 1.0
+        if row["config"] in (settings.STOCK, settings.NO_EXITS):
             assert row["flops_speedup"] == 1.0
         else:
             assert row["flops_speedup"] > 1.0
     # the overhead target reads the rows' own (paired) speed-up
     overheads = [c["value"] for c in result["targets"] if c["target"].startswith("no-exit overhead")]
-    no_exit_rows = [r for r in result["rows"] if r["config"] == benchmark.NO_EXITS]
+    no_exit_rows = [r for r in result["rows"] if r["config"] == settings.NO_EXITS]
     assert overheads == [1.0 / r["wall_speedup"] for r in no_exit_rows]
     names = " ".join(c["target"] for c in result["targets"])
     for target in (
@@ -54,6 +67,7 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
         "no-exit overhead, generate",
         "encoder efficiency",
         "generation efficiency",
+        "end-to-end speed-up over stock",
         "peak memory",
     ):
         assert target in names
@@ -72,34 +86,43 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
 
 
 def test_targets_are_met_or_missed_by_their_bounds():
-    def row(kind, config, wall=1.0, eff=1.0, memory=10.0):
+    def row(kind, config, batch=1, wall=1.0, eff=1.0, memory=10.0):
         return {
             "kind": kind,
+            "decoding": "forced" if kind == "generate" else None,
             "config": config,
             "src_len": 8,
-            "batch": 1,
+            "batch": batch,
             "wall_speedup": wall,
             "efficiency": eff,
             "peak_memory_mib": memory,
         }
 
     rows = [
-        row("encoder", benchmark.STOCK),
-        row("encoder", benchmark.NO_EXITS, wall=0.95),
-        row("encoder", benchmark.ENC_EXITS, eff=0.85),
-        row("encoder", benchmark.ALL_EXITS, memory=11.5),
-        row("generate", benchmark.STOCK),
-        row("generate", benchmark.NO_EXITS, wall=1.01),
-        row("generate", benchmark.ALL_EXITS, eff=0.81, memory=10.5),
+        row("encoder", settings.STOCK),
+        row("encoder", settings.NO_EXITS, wall=0.95),
+        row("encoder", settings.ENC_EXITS, eff=0.85),
+        row("encoder", settings.ALL_EXITS, memory=11.5),
+        row("generate", settings.STOCK),
+        row("generate", settings.NO_EXITS, wall=1.01),
+        row("generate", settings.ALL_EXITS, wall=2.2, eff=0.91, memory=10.5),
+        row("generate", settings.STOCK, batch=8),
+        row("generate", settings.ALL_EXITS, batch=8, wall=1.5, eff=0.85),
+        row("generate", settings.DAT_HALTING, eff=0.79),
     ]
-    verdicts = {c["target"].split(" (")[0]: (round(c["value"], 3), c["met"]) for c in benchmark.check_targets(rows)}
+    verdicts = {c["target"]: (round(c["value"], 3), c["met"]) for c in report.check_targets(rows)}
     assert verdicts == {
-        "no-exit overhead, encoder": (round(1 / 0.95, 3), False),
-        "no-exit overhead, generate": (round(1 / 1.01, 3), True),
-        "peak memory, encoder": (1.5, False),
-        "peak memory, generate": (0.5, True),
-        "encoder efficiency": (0.85, False),
-        "generation efficiency, enc+dec exits": (0.81, True),
+        "no-exit overhead, encoder (src 8, batch 1)": (round(1 / 0.95, 3), False),
+        "no-exit overhead, generate (src 8, batch 1, forced)": (round(1 / 1.01, 3), True),
+        "peak memory, encoder (src 8, batch 1)": (1.5, False),
+        "peak memory, generate (src 8, batch 1, forced)": (0.5, True),
+        "peak memory, generate (src 8, batch 8, forced)": (0.0, True),
+        "encoder efficiency (src 8, batch 1)": (0.85, False),
+        "generation efficiency, enc+dec exits (src 8, batch 1, forced)": (0.91, True),
+        "generation efficiency, enc+dec exits (src 8, batch 8, forced)": (0.85, False),
+        f"generation efficiency, {settings.DAT_HALTING} (src 8, batch 1, forced)": (0.79, False),
+        "end-to-end speed-up over stock, enc+dec exits (src 8, batch 1, forced)": (2.2, True),
+        "end-to-end speed-up over stock, enc+dec exits (src 8, batch 8, forced)": (1.5, False),
     }
 
 
@@ -110,8 +133,8 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
     import torch
 
     args = argparse.Namespace(arch="hashee_bart_base", model_args=TINY, tgt_len=4, seed=1, checkpoint=None)
-    dictionary = benchmark.synthetic_dictionary(200)
-    models = benchmark.build_models(args, dictionary, 32)
+    dictionary = settings.synthetic_dictionary(200)
+    models = settings.build_models(args, dictionary, 32)
     hashee, stock = models.hashee, models.stock
     src = torch.randint(4, 200, (2, 12))
     with torch.no_grad():
@@ -126,8 +149,8 @@ def test_same_outputs_for_stock_and_hashee_without_exits():
 
 def test_plot_draws_or_says_what_it_needs(tmp_path):
     points = [
-        {"flops_speedup": 2.8, "wall_speedup": 2.6, "label": "enc 512x1"},
-        {"flops_speedup": 1.5, "wall_speedup": 1.4, "label": "5,6"},
+        {"flops_speedup": 2.8, "exit_wall_speedup": 2.6, "label": "enc 512x1"},
+        {"flops_speedup": 1.5, "exit_wall_speedup": 1.4, "label": "5,6"},
     ]
     path = tmp_path / "sweep.png"
     try:
@@ -135,10 +158,10 @@ def test_plot_draws_or_says_what_it_needs(tmp_path):
     except ImportError:
         import pytest
 
-        with pytest.raises(benchmark.HashEEError, match=r"--plot needs matplotlib"):
-            benchmark.plot(points, str(path))
+        with pytest.raises(HashEEError, match=r"--plot needs matplotlib"):
+            report.plot(points, str(path))
         assert not path.exists()
         return
-    benchmark.plot(points, str(path))
+    report.plot(points, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.png"]
