@@ -25,7 +25,7 @@ def _onednn_linear(x_shape, weight_shape, *args, out_shape=None, **kwargs):
 
 
 # torch counts the fused CPU attention kernel, and the oneDNN products of
-# gathered tokens (modules/gathered_linear.py), only when told how.
+# gathered tokens (modules/few_rows_linear.py), only when told how.
 _MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
 if torch.backends.mkldnn.is_available():
     _MAPPING[torch.ops.mkldnn._linear_pointwise] = _onednn_linear

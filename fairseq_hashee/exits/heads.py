@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..modules.few_rows_linear import few_rows_linear
+
 HEAD_KINDS = ("shared", "per-layer")
 
 
@@ -47,7 +49,7 @@ class ExitHeads(nn.Module):
 
     def logits(self, decoder, layer: int, h: Tensor) -> Tensor:
         """Layer ``layer``'s next-token logits for states ``h`` (..., C)."""
-        return self.projection(decoder, layer)(self.features(decoder, h))
+        return few_rows_linear(self.projection(decoder, layer), self.features(decoder, h))
 
     def output(self, decoder, features: Tensor, exits: Tensor) -> Tensor:
         """The model's logits (B, T, V) for decoder ``features`` (B, T, C) (normalised
@@ -55,14 +57,14 @@ class ExitHeads(nn.Module):
 
         With per-layer heads this groups positions by exit layer, one host read
         per layer that has a head."""
-        if self.layers is None:
-            return decoder.output_projection(features)
         top = decoder.output_projection
+        if self.layers is None:
+            return few_rows_linear(top, features)
         logits = features.new_empty(features.shape[:-1] + (top.out_features,))
         at_top = (exits == 0) | (exits == self.num_layers)  # padding takes the top projection too
-        logits[at_top] = top(features[at_top])
+        logits[at_top] = few_rows_linear(top, features[at_top])
         for layer, head in enumerate(self.layers, start=1):
             at_layer = exits == layer
             if bool(at_layer.any()):
-                logits[at_layer] = head(features[at_layer])
+                logits[at_layer] = few_rows_linear(head, features[at_layer])
         return logits

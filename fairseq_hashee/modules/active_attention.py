@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from .gathered_linear import gathered_linear
+from .few_rows_linear import few_rows_linear
 from .layer_plan import ActivePositions
 
 
@@ -90,7 +90,7 @@ def attend_active(
     sees the keys at positions up to and including its own.
     """
     num_heads, head_dim = attn.num_heads, attn.head_dim
-    q = gathered_linear(attn.q_proj, query).view(-1, num_heads, head_dim)
+    q = few_rows_linear(attn.q_proj, query).view(-1, num_heads, head_dim)
     q = pack(q, plan, 0.0).transpose(1, 2)  # (Ba, heads, n_slots, head_dim)
 
     src_len = keys.size(2)
@@ -109,4 +109,4 @@ def attend_active(
     dropout_p = drop.p if (attn.training or drop.apply_during_inference) else 0.0
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p)
     out = unpack(out.transpose(1, 2), plan).reshape(-1, num_heads * head_dim)
-    return gathered_linear(attn.out_proj, out)
+    return few_rows_linear(attn.out_proj, out)

@@ -1,8 +1,11 @@
-"""Linear layers applied to gathered tokens: few rows, so the kernel matters.
+"""Linear layers applied to few rows: the kernel matters.
 
-A HashEE layer multiplies only the positions it still updates, often a few
-dozen rows against a full weight matrix, a shape stock BART never produces in
-its encoder. On CPU, MKL's sgemm behind ``F.linear`` loses much of its
+Two products of a HashEE model have few rows against a large weight: a
+layer's products over the positions it still updates (often a few dozen
+gathered rows, a shape stock BART never produces in its encoder), and the
+decoder's output projection at a generation step (one row per hypothesis
+against the vocabulary-sized weight: bart_base, beam 4, batch 1 is 4 x 768
+against 50,265 x 768). On CPU, MKL's sgemm behind ``F.linear`` loses much of its
 throughput there (bart_base feed-forward, 2 threads: 58 GFLOP/s at 8 rows,
 190 at 512), while oneDNN's fp32 inner product on the same plain weight keeps
 most of it (90-117 GFLOP/s at 8 rows, 190-210 at 98). So inference products
@@ -34,8 +37,8 @@ def _find_onednn_linear() -> Optional[Callable]:
 _ONEDNN_LINEAR = _find_onednn_linear()
 
 
-def gathered_linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``layer(x)`` for an input whose rows are gathered active tokens."""
+def few_rows_linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, through oneDNN when ``x`` has few rows and no gradient is wanted."""
     rows = x.numel() // max(x.size(-1), 1)
     if (
         _ONEDNN_LINEAR is not None

@@ -18,7 +18,7 @@ from fairseq.modules.transformer_layer import (
 from torch import Tensor
 
 from .active_attention import attend_active, project_kv
-from .gathered_linear import gathered_linear
+from .few_rows_linear import few_rows_linear
 from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv, source_rows
 from .layer_plan import ActivePositions, LayerPlan, Plan
 
@@ -65,8 +65,8 @@ class _PlannedLayer:
         residual = h
         if self.normalize_before:
             h = self.final_layer_norm(h)
-        h = self.activation_dropout_module(self.activation_fn(gathered_linear(self.fc1, h)))
-        return self._close_residual(gathered_linear(self.fc2, h), residual, self.final_layer_norm)
+        h = self.activation_dropout_module(self.activation_fn(few_rows_linear(self.fc1, h)))
+        return self._close_residual(few_rows_linear(self.fc2, h), residual, self.final_layer_norm)
 
     def _attention_input(self, x: Tensor, layer_norm) -> Tensor:
         return layer_norm(x) if self.normalize_before else x
