@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fairseq_hashee.benchmark import report, settings
 from fairseq_hashee.cli import benchmark
 from fairseq_hashee.errors import HashEEError
@@ -41,6 +43,7 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
         ]
     )
     result = json.loads(out.read_text())
+    assert result["complete"] is True  # saved after every setting too, with False until the targets are in
     configs = [r["config"] for r in result["rows"]]
     # two encoder settings; generation at two batch sizes, forced and free
     assert configs.count(settings.STOCK) == 6 and configs.count(settings.ALL_EXITS) == 6
@@ -156,8 +159,6 @@ def test_plot_draws_or_says_what_it_needs(tmp_path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        import pytest
-
         with pytest.raises(HashEEError, match=r"--plot needs matplotlib"):
             report.plot(points, str(path))
         assert not path.exists()
@@ -165,3 +166,22 @@ def test_plot_draws_or_says_what_it_needs(tmp_path):
     report.plot(points, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.png"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--configs", "stock,bogus"], "error: --configs: unknown bogus; expected some of stock, no-exits"),
+        (["--decoding", "greedy"], "error: --decoding: expected forced, free or both, got 'greedy'"),
+        (["--gen-batch-size", "1,x"], "error: --gen-batch-size: expected comma-separated integers, got '1,x'"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert str(exit_info.value).startswith(message) and "\n" not in str(exit_info.value)
+
+
+def test_configs_choose_what_runs_and_no_exits_always_does():
+    assert settings.chosen_configs("") == list(settings.CONFIGS)
+    assert settings.chosen_configs("all-exits, stock") == [settings.STOCK, settings.NO_EXITS, settings.ALL_EXITS]

@@ -98,7 +98,7 @@ def timed(fn: Callable[[], None], device) -> float:
 def count_setting(setting: Setting, models: Models, args, dictionary, device) -> Tuple[dict, dict]:
     """FLOPs report and peak memory of every configuration (after a warm-up pass)."""
     prepare = runner(setting, models, args, dictionary)
-    names = configs(models, setting)
+    names = configs(models, setting, args.configs)
     counts, memory = {}, {}
     with torch.inference_mode():
         for c in names:
@@ -118,7 +118,7 @@ def time_setting(setting: Setting, models: Models, args, dictionary, device, rep
     """Wall-clock seconds of every configuration, ``repeats`` times, interleaved
     so that drift of the machine hits all alike (after a warm-up pass)."""
     prepare = runner(setting, models, args, dictionary)
-    names = configs(models, setting)
+    names = configs(models, setting, args.configs)
     walls = {c: [] for c in names}
     with torch.inference_mode():
         for c in names:

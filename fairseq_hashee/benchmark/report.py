@@ -140,12 +140,14 @@ def check_targets(rows: List[dict]) -> List[dict]:
     return checks
 
 
+HEADER = (
+    f"{'kind':<9}{'src':>5}{'bsz':>4} {'dec.':<7}{'configuration':<25}"
+    f"{'wall s':>8}{'vs stock':>9}{'vs no-exit':>11}{'FLOPs x':>8}{'eff.':>6}{'tok/s':>8}{'peak MiB':>9}"
+)
+
+
 def format_rows(rows: List[dict]) -> str:
-    head = (
-        f"{'kind':<9}{'src':>5}{'bsz':>4} {'dec.':<7}{'configuration':<25}"
-        f"{'wall s':>8}{'vs stock':>9}{'vs no-exit':>11}{'FLOPs x':>8}{'eff.':>6}{'tok/s':>8}{'peak MiB':>9}"
-    )
-    lines = [head, "-" * len(head)]
+    lines = []
     for r in rows:
         mem = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "n/a"
         lines.append(

@@ -48,6 +48,17 @@ RULE_CONFIGS = {
     DAT_HALTING: {"decoder_exit_rule": "dat-halting"},
 }
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
+# How --configs names them.
+CONFIG_KEYS = {
+    "stock": STOCK,
+    "no-exits": NO_EXITS,
+    "enc-exits": ENC_EXITS,
+    "all-exits": ALL_EXITS,
+    "half": STATIC_HALF,
+    "calm-softmax": CALM_SOFTMAX,
+    "calm-saturation": CALM_SATURATION,
+    "dat-halting": DAT_HALTING,
+}
 DECODINGS = ("forced", "free")
 
 
@@ -216,11 +227,23 @@ class Setting(NamedTuple):
         return f"{self.kind}, source length {src.size(1)}, batch {src.size(0)}{decoding}"
 
 
-def configs(models: Models, setting: Setting) -> List[str]:
-    """Stock BART where the architecture has one; decoder rules in generation only."""
+def chosen_configs(text: str) -> List[str]:
+    """The configurations ``--configs`` names (all when empty); HashEE with no exits always runs:
+    every speed-up is measured against it or against stock BART."""
+    keys = [key.strip() for key in (text or "").split(",") if key.strip()]
+    unknown = [key for key in keys if key not in CONFIG_KEYS]
+    if unknown:
+        raise HashEEError(f"--configs: unknown {', '.join(unknown)}; expected some of {', '.join(CONFIG_KEYS)}")
+    wanted = {CONFIG_KEYS[key] for key in keys} | {NO_EXITS} if keys else set(CONFIGS)
+    return [c for c in CONFIGS if c in wanted]
+
+
+def configs(models: Models, setting: Setting, wanted: List[str]) -> List[str]:
+    """Of the ``wanted`` configurations: stock BART where the architecture has one;
+    decoder rules in generation only."""
     return [
         c
-        for c in CONFIGS
+        for c in wanted
         if (c != STOCK or models.stock is not None) and (setting.kind == "generate" or c not in RULE_CONFIGS)
     ]
 

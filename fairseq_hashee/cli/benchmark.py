@@ -39,11 +39,13 @@ from fairseq.data import Dictionary
 from .. import hash_functions
 from ..benchmark import measure, report
 from ..benchmark.settings import (
+    CONFIG_KEYS,
     DECODINGS,
     ENC_EXITS,
     Inputs,
     Setting,
     build_models,
+    chosen_configs,
     exit_tables,
     synthetic_dictionary,
     zipf_probabilities,
@@ -78,6 +80,7 @@ def main(argv=None):
     parser.add_argument(
         "--decoding", default="forced,free", help="generation: forced along sampled targets, free, or both"
     )
+    parser.add_argument("--configs", default="", help=f"comma-separated, of: {', '.join(CONFIG_KEYS)} (default: all)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the encoder settings (median)")
     parser.add_argument("--gen-repeats", type=int, default=5, help="timed rounds of the generation settings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,10 +121,17 @@ def _dictionary(args) -> Dictionary:
     return synthetic_dictionary(args.vocab_size)
 
 
+def _save(args, result: dict) -> None:
+    if args.json:
+        with atomic_write(args.json) as out:
+            json.dump(result, out, indent=2)
+
+
 def run(args) -> dict:
     src_lens = _ints(args.src_len, "--src-len")
     batches, gen_batches = _ints(args.batch_size, "--batch-size"), _ints(args.gen_batch_size, "--gen-batch-size")
     decodings = _decodings(args.decoding)
+    args.configs = chosen_configs(args.configs)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -165,27 +175,6 @@ def run(args) -> dict:
             print(f"counting {setting.describe()}", file=sys.stderr)
             counted.append(measure.count_setting(setting, models, args, dictionary, device))
 
-    results = []
-    for setting, (counts, memory) in zip(measured, counted):
-        print(f"timing {setting.describe()}", file=sys.stderr)
-        repeats = args.repeats if setting.kind == "encoder" else args.gen_repeats
-        walls = measure.time_setting(setting, models, args, dictionary, device, repeats)
-        results.append(report.setting_rows(setting, counts, memory, walls, args))
-    rows = [row for result in results[: len(settings)] for row in result]
-    sweep = [
-        {**[r for r in result if r["config"] == ENC_EXITS][0], "buckets": buckets}
-        for (buckets, _), result in zip(swept, results[len(settings) :])
-    ]
-
-    checks = report.check_targets(rows)
-    print(report.format_rows(rows))
-    for s in sweep:
-        print(
-            f"sweep buckets {s['buckets']:<16} FLOPs x {s['flops_speedup']:.2f}  "
-            f"wall x {s['exit_wall_speedup']:.2f}  efficiency {s['efficiency']:.2f}"
-        )
-    print()
-    print(report.format_checks(checks))
     result = {
         "settings": {
             **vars(args),
@@ -195,20 +184,44 @@ def run(args) -> dict:
             "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         },
-        "rows": rows,
-        "sweep": sweep,
-        "targets": checks,
+        "complete": False,
+        "rows": [],
+        "sweep": [],
+        "targets": [],
     }
-    if args.json:
-        with atomic_write(args.json) as out:
-            json.dump(result, out, indent=2)
+    # Each setting's rows are printed and saved as soon as they are measured: a run cut
+    # short (a time limit) keeps what it measured.
+    print(f"{report.HEADER}\n{'-' * len(report.HEADER)}", flush=True)
+    for index, (setting, (counts, memory)) in enumerate(zip(measured, counted)):
+        print(f"timing {setting.describe()}", file=sys.stderr)
+        repeats = args.repeats if setting.kind == "encoder" else args.gen_repeats
+        walls = measure.time_setting(setting, models, args, dictionary, device, repeats)
+        rows = report.setting_rows(setting, counts, memory, walls, args)
+        if index < len(settings):
+            result["rows"] += rows
+            print(report.format_rows(rows), flush=True)
+        else:
+            buckets = swept[index - len(settings)][0]
+            result["sweep"].append({**[r for r in rows if r["config"] == ENC_EXITS][0], "buckets": buckets})
+        _save(args, result)
+
+    for s in result["sweep"]:
+        print(
+            f"sweep buckets {s['buckets']:<16} FLOPs x {s['flops_speedup']:.2f}  "
+            f"wall x {s['exit_wall_speedup']:.2f}  efficiency {s['efficiency']:.2f}"
+        )
+    result["targets"] = report.check_targets(result["rows"])
+    result["complete"] = True
+    print()
+    print(report.format_checks(result["targets"]))
+    _save(args, result)
     if args.plot:
         points = [
             {**r, "label": f"enc {r['src_len']}x{r['batch']}"}
-            for r in rows
+            for r in result["rows"]
             if r["kind"] == "encoder" and r["config"] == ENC_EXITS
         ]
-        points += [{**s, "label": s["buckets"]} for s in sweep]
+        points += [{**s, "label": s["buckets"]} for s in result["sweep"]]
         report.plot(points, args.plot)
     return result
 
