@@ -206,3 +206,66 @@ def test_checkpoints_whose_heads_do_not_fit():
     shared.load_state_dict(state)
     with pytest.raises(HashEEError, match="--exit-heads: expected one of"):
         ExitHeads(4, 16, nn.Linear(16, 8), "searching")
+
+
+def _criterion(name, dictionary, **options):
+    from fairseq_hashee.criterions.leco_head_search import LecoHeadSearchCriterion
+    from fairseq_hashee.criterions.multi_exit import MultiExitLabelSmoothedCrossEntropyCriterion
+
+    task = types.SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary)
+    if name == "leco_head_search":
+        return LecoHeadSearchCriterion(task, False, 0.1, **options)
+    return MultiExitLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+
+
+def _sample(dictionary, seed=0):
+    src, src_lengths, prev = random_batch(dictionary, torch.Generator().manual_seed(seed), bsz=4)
+    target = torch.roll(prev, -1, dims=1)
+    target[prev.eq(dictionary.pad())] = dictionary.pad()
+    net_input = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev}
+    return {"net_input": net_input, "target": target, "ntokens": int(target.ne(dictionary.pad()).sum())}
+
+
+def _search_gradients(model, criterion, sample):
+    model.zero_grad()
+    loss, _, log = criterion(model, sample)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, log
+
+
+def test_search_step_trains_alpha_on_held_out_rows_only():
+    """First-order bilevel: alpha learns from the held-out rows, the network from the others."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=3, exit_heads="search").train()
+    criterion = _criterion("leco_head_search", dictionary, head_search_holdout=0.5)
+    sample = _sample(dictionary)
+    grads, log = _search_gradients(model, criterion, sample)
+    alpha = "decoder.exit_heads.alpha"
+    assert float(grads[alpha].abs().sum()) > 0
+    assert {f"alpha{i}_{arch}" for i in (1, 2) for arch in HEAD_ARCHS} <= set(log) and "arch_loss" in log
+
+    # other targets on the held-out rows (the last 2 of 4): alpha's gradient changes, no other
+    changed = dict(sample, target=sample["target"].clone())
+    held = changed["target"][2:]
+    held[held.ne(dictionary.pad())] = dictionary.nspecial + 1
+    other, _ = _search_gradients(model, criterion, changed)
+    assert not torch.equal(other[alpha], grads[alpha])
+    assert set(other) == set(grads)
+    assert all(torch.equal(other[name], grads[name]) for name in grads if name != alpha)
+
+
+@pytest.mark.parametrize(
+    "heads, criterion, message",
+    [
+        ("shared", "leco_head_search", "--criterion leco_head_search searches the exit heads' architectures: "
+         "the model needs --exit-heads search (it has --exit-heads shared)"),
+        ("search", "multi_exit", "a model with --exit-heads search trains with --criterion leco_head_search"),
+    ],
+)  # fmt: skip
+def test_criterion_and_heads_must_match(heads, criterion, message):
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=3, exit_heads=heads).train()
+    with pytest.raises(HashEEError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _criterion(criterion, dictionary)(model, _sample(dictionary))
+    with pytest.raises(HashEEError, match=r"--head-search-holdout: expected a share in \(0, 1\), got 1.0"):
+        _criterion("leco_head_search", dictionary, head_search_holdout=1.0)
