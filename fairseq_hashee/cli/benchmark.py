@@ -58,7 +58,8 @@ STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
 # The methods HashEE is compared with (docs/exit-methods.md), on the same weights: a
 # static half-depth model (the first layers of each stack), and dynamic decoder rules
 # beside HashEE encoder exits, their thresholds at the median of their scores on the
-# setting's own inputs (random weights give no meaningful confidence to fix one at).
+# setting's own inputs (random weights give no meaningful confidence to fix one at); the
+# agreement rule keeps its default threshold 0 and patience 1 (agreement of successive heads alone).
 STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING, AGREEMENT = (
     "static half depth",
     "CALM softmax, enc exits",
@@ -344,7 +345,7 @@ def _runner(setting: Setting, models: Models, args, dictionary) -> Callable[[str
                 tables["decoder"] if config == ALL_EXITS else None,
             )
             hashee.decoder.exit_rule = models.rules.get(config)
-            if config in RULE_CONFIGS:
+            if config in RULE_CONFIGS and config != AGREEMENT:  # agreement: its default, 0 (agreement alone)
                 if config not in thresholds:
                     thresholds[config] = float(
                         rule_scores(hashee, inputs.src_tokens, inputs.src_lengths, inputs.prev).median()
