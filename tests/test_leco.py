@@ -242,6 +242,7 @@ def test_search_step_trains_alpha_on_held_out_rows_only():
     grads, log = _search_gradients(model, criterion, sample)
     alpha = "decoder.exit_heads.alpha"
     assert float(grads[alpha].abs().sum()) > 0
+    assert float(model.decoder.exit_heads.alpha_scale) == 100.0  # --head-search-alpha-scale's default
     assert {f"alpha{i}_{arch}" for i in (1, 2) for arch in HEAD_ARCHS} <= set(log) and "arch_loss" in log
 
     # other targets on the held-out rows (the last 2 of 4): alpha's gradient changes, no other

@@ -10,7 +10,9 @@ rows of each batch with ``alpha`` held fixed, and ``alpha`` minimises the
 exit layers' loss on the batch's held-out rows (``--head-search-holdout``,
 default half of the sentences) with the network held fixed. The two losses
 touch disjoint parameters, so one backward and one optimizer step update
-both; the held-out rows train nothing but ``alpha``.
+both; the held-out rows train nothing but ``alpha``. One optimizer means one
+learning rate: the softmax reads ``alpha`` times ``--head-search-alpha-scale``
+(100), which under Adam gives ``alpha`` that much larger steps.
 
 After the search, ``--exit-heads searched --restore-file <search>.pt`` keeps
 ``argmax alpha`` at every layer and trains on with those heads
@@ -37,6 +39,13 @@ class LecoHeadSearchConfig(MultiExitCriterionConfig):
         default=0.5,
         metadata={"help": "share of each batch's sentences held out to train the architecture weights alpha"},
     )
+    head_search_alpha_scale: float = field(
+        default=100.0,
+        metadata={
+            "help": "alpha's learning rate relative to the network's: the softmax reads alpha times this, so "
+            "an Adam step of lr moves the softmax's logits by about lr * scale"
+        },
+    )
 
 
 @register_criterion(NAME, dataclass=LecoHeadSearchConfig)
@@ -50,11 +59,15 @@ class LecoHeadSearchCriterion(MultiExitLabelSmoothedCrossEntropyCriterion):
         report_accuracy=False,
         exit_loss_weights="layer",
         head_search_holdout=0.5,
+        head_search_alpha_scale=100.0,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy, exit_loss_weights)
         if not 0.0 < head_search_holdout < 1.0:
             raise HashEEError(f"--head-search-holdout: expected a share in (0, 1), got {head_search_holdout}")
+        if not head_search_alpha_scale > 0:
+            raise HashEEError(f"--head-search-alpha-scale: must be > 0, got {head_search_alpha_scale}")
         self.holdout = head_search_holdout
+        self.alpha_scale = float(head_search_alpha_scale)
 
     def _rows_loss(self, model, logits, extra, sample, rows):
         sub = {"target": sample["target"][rows]}
@@ -69,6 +82,8 @@ class LecoHeadSearchCriterion(MultiExitLabelSmoothedCrossEntropyCriterion):
                 f"--criterion {NAME} searches the exit heads' architectures: the model needs --exit-heads search "
                 f"(it has --exit-heads {heads.kind})"
             )
+        if float(heads.alpha_scale) != self.alpha_scale:
+            heads.alpha_scale.fill_(self.alpha_scale)
         net_output = model(**sample["net_input"])
         target = sample["target"]
         bsz, num_layers = target.size(0), decoder.num_layers

@@ -118,6 +118,9 @@ class ExitHeads(nn.Module):
             self.register_buffer("choice", torch.full((num_layers - 1,), UNCHOSEN, dtype=torch.long))
         if kind == "search":
             self.alpha = nn.Parameter(torch.zeros(num_layers - 1, len(HEAD_ARCHS)))
+            # alpha enters the softmax times this (set by the search criterion): under Adam, alpha's
+            # learning rate relative to the network's. argmax alpha is the same at any scale.
+            self.register_buffer("alpha_scale", torch.tensor(1.0))
 
     def init_candidates(self, output_projection: nn.Linear) -> None:
         """The candidates' starting weights (``linear``: the output projection; ``mlp``: the identity
@@ -193,7 +196,7 @@ class ExitHeads(nn.Module):
         return [self._arch_logits(decoder, layer, arch, features) for arch in HEAD_ARCHS]
 
     def mixture_weights(self, layer: int) -> Tensor:
-        return F.softmax(self.alpha[layer - 1].float(), dim=-1)
+        return F.softmax(self.alpha[layer - 1].float() * self.alpha_scale, dim=-1)
 
     def search_logits(self, decoder, layer: int, features: Tensor) -> Tuple[Tensor, Tensor]:
         """The search's two views of layer ``layer``'s mixed logits (first-order DARTS): with alpha
