@@ -216,3 +216,67 @@ def test_python_api_takes_the_threshold(calm, data_bin, text_corpus, tmp_path):
     assert reports[0.0]["dec_mean_exit"] == 1.0 and reports[0.0]["dec_speedup"] > 1.0
     # never firing, the classifier's decisions are all it adds: a little below 1
     assert reports[1.0]["dec_mean_exit"] == LAYERS and 0.99 < reports[1.0]["dec_speedup"] < 1.0
+
+
+RESET = ["--reset-optimizer", "--reset-dataloader", "--reset-meters"]
+
+
+@pytest.fixture(scope="module")
+def leco(calm, data_bin, tmp_path_factory):
+    """LECO's two stages from the multi-exit backbone: the head search, then training with the chosen heads."""
+    root, _, _ = calm
+    out = tmp_path_factory.mktemp("leco")
+    search = train(
+        data_bin, out / "search", "--exit-heads", "search", "--restore-file", root / "backbone" / "checkpoint_last.pt",
+        *RESET, "--max-update", 4, criterion=["--criterion", "leco_head_search", "--label-smoothing", 0.1],
+    )  # fmt: skip
+    chosen = train(
+        data_bin, out / "searched", "--exit-heads", "searched", "--decoder-exit-rule", "agreement",
+        "--restore-file", out / "search" / "checkpoint_last.pt", *RESET, "--max-update", 4, criterion=MULTI_EXIT,
+    )  # fmt: skip
+    return out, search, chosen
+
+
+def test_leco_searches_then_trains_the_chosen_heads(leco):
+    import torch
+
+    import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+    from fairseq_hashee.exits.heads import HEAD_ARCHS
+
+    out, search, chosen = leco
+    logged = [json.loads(line[line.index("{") :]) for line in (search.stdout + search.stderr).splitlines()
+              if "train_inner" in line and "{" in line]  # fmt: skip
+    assert logged and all("arch_loss" in record and "alpha1_mlp" in record for record in logged)
+    searched = torch.load(out / "search" / "checkpoint_last.pt", map_location="cpu")["model"]
+    alpha = searched["decoder.exit_heads.alpha"]
+    assert not torch.equal(alpha, torch.zeros_like(alpha)), "the search trains alpha"
+    arch = HEAD_ARCHS[int(alpha[0].argmax())]
+    assert f"exit heads: the search's (argmax alpha) choice, layer 1 {arch}" in chosen.stdout + chosen.stderr
+    state = torch.load(out / "searched" / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert state["decoder.exit_heads.choice"].tolist() == [HEAD_ARCHS.index(arch)]
+    heads = {k.split(".")[4] for k in state if k.startswith("decoder.exit_heads.candidates.")}
+    assert heads == (set() if arch == "shared" else {arch}) and "decoder.exit_heads.alpha" not in state
+
+
+def test_leco_generates_with_the_chosen_heads(leco, data_bin):
+    out, _, _ = leco
+    checkpoint = out / "searched" / "checkpoint_last.pt"
+    never = generate(data_bin, checkpoint, "--exit-threshold", 1.0)  # no extra flags: the heads come with it
+    assert "exit heads: the checkpoint's choice" in never.stdout + never.stderr
+    assert _hypotheses(never)
+    speedup, mean_exit = _decoder_speedup(never)
+    assert mean_exit == float(LAYERS) and speedup < 1.0  # every layer's head read, none exited
+    eager = generate(data_bin, checkpoint, "--exit-threshold", 0.0, "--exit-patience", 0)
+    assert _decoder_speedup(eager)[1] == 1.0  # no comparison, no confidence needed: all exit at layer 1
+    line = _one_error_line(generate(data_bin, checkpoint, "--exit-patience", 1, check=False))
+    assert "--exit-patience: expected an integer in 0..0" in line
+
+
+def test_leco_chosen_heads_need_a_search(calm, data_bin, tmp_path):
+    """(The criterion/heads mismatches are checked without a process in test_leco.py.)"""
+    root, _, _ = calm
+    backbone = root / "backbone" / "checkpoint_last.pt"
+    proc = train(data_bin, tmp_path, "--exit-heads", "searched", "--restore-file", backbone, *RESET,
+                 "--max-update", 1, criterion=MULTI_EXIT, check=False)  # fmt: skip
+    assert "--exit-heads searched: the checkpoint has neither chosen exit heads" in _one_error_line(proc)
+    assert not (tmp_path / "checkpoint_last.pt").exists()

@@ -1,4 +1,5 @@
-"""Dynamic exit rules (CALM's confidence measures, DAT's halting): the four tests of docs/design.md section 7.
+"""Dynamic exit rules (CALM's confidence measures, DAT's halting, the agreement rule standing in for LECO's
+COBEE, with LECO's searched heads too): the four tests of docs/design.md section 7.
 
 (1) incremental decoding equals the teacher-forced forward that replays the
 exit decisions the incremental run took, with batches, beams and reordering;
@@ -13,21 +14,33 @@ import pytest
 import torch
 from test_flops import _measured
 
+from fairseq_hashee.exits.heads import HEAD_ARCHS
 from fairseq_hashee.exits.rules import rule_scores
 from fairseq_hashee.modules import flops
 
 from helpers import PRECISIONS, build_hashee, random_batch, set_exit_impl, tiny_dictionary
 
-RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial"]  # the first three: CALM's
+# The first three: CALM's; "+searched": with LECO's searched heads (a different architecture per layer).
+RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial", "agreement", "agreement+searched"]
 LAYERS = 4
+SEARCHED_CHOICE = ["linear", "mlp", "pooler"]  # layers 1..3
 
 
-def _model(rule, seed=0, **overrides):
-    if rule.startswith("dat-"):
+def _model(rule, seed=0, exit_heads="shared"):
+    rule, searched = rule.partition("+")[0], rule.endswith("+searched")
+    if rule.startswith("dat-") or rule == "agreement":
         options = dict(decoder_exit_rule=rule)
     else:
         options = dict(decoder_exit_rule="confidence", exit_confidence=rule)
-    model = build_hashee(tiny_dictionary(), seed=seed, layers=LAYERS, **options, **overrides)
+    heads = "searched" if searched else exit_heads
+    model = build_hashee(tiny_dictionary(), seed=seed, layers=LAYERS, exit_heads=heads, **options)
+    if searched:  # heads unlike the output projection (the pooler's tanh is already), so a wrong head shows
+        model.decoder.exit_heads.select([HEAD_ARCHS.index(arch) for arch in SEARCHED_CHOICE])
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.decoder.exit_heads.named_parameters():
+                if "pooler" not in name:  # the random model's logits are flat: small changes, some agreement left
+                    param.add_(torch.randn(param.shape, generator=gen) * (1e-3 if "linear" in name else 1e-2))
     if rule == "dat-multinomial":  # larger random weights spread the chosen layers over 1..L
         with torch.no_grad():
             model.decoder.exit_rule.exit_layer_classifier.weight.mul_(20.0)
@@ -48,8 +61,18 @@ def _fire_about_half(model, gen, bsz=3):
     """A threshold at which a confidence rule exits some positions early and keeps others
     (DAT's random classifiers already do at their defaults)."""
     src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=bsz)
-    if model.decoder.exit_rule.threshold_range is not None:
-        model.decoder.exit_rule.set_threshold(float(rule_scores(model, src, src_lengths, prev).median()))
+    rule = model.decoder.exit_rule
+    if rule.threshold_range is not None:
+        rule.set_threshold(float(rule_scores(model, src, src_lengths, prev).median()))
+    if hasattr(rule, "set_patience"):  # the agreement rule: the first setting that exits some positions, not all
+        live = prev.ne(model.decoder.dictionary.pad())
+        for patience, threshold in ((1, 0.0), (1, rule.threshold), (0, rule.threshold)):
+            rule.set_patience(patience)
+            rule.set_threshold(threshold)
+            with torch.no_grad():
+                exits = model(src, src_lengths, prev)[1]["exits"][live]
+            if 0.2 < float((exits < model.decoder.num_layers).float().mean()) < 0.8:
+                break
 
 
 @contextlib.contextmanager
@@ -143,8 +166,10 @@ def test_a_rule_that_never_fires_is_the_model_without_one(rule):
     assert bool((extra["exits"][live] == LAYERS).all())
 
 
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("heads", ["shared", "per-layer"])
+@pytest.mark.parametrize(
+    "rule, heads",
+    [(rule, heads) for rule in RULES for heads in ("shared", "per-layer") if "+" not in rule or heads == "shared"],
+)
 def test_skip_equals_masked_under_the_same_decisions(rule, heads):
     model = _model(rule, seed=2, exit_heads=heads)
     gen = torch.Generator().manual_seed(2)
@@ -163,7 +188,7 @@ def test_skip_equals_masked_under_the_same_decisions(rule, heads):
             masked = model(src, src_lengths, prev)[0]
     live = prev.ne(model.decoder.dictionary.pad())  # padding states differ by design (stock layers update them)
     assert (skipped - masked)[live].abs().max() < 1e-5
-    if heads == "per-layer":
+    if heads == "per-layer" or "+searched" in rule:
         # a position's distribution is its exit layer's head applied to its (frozen) state
         b, t = ((decided > 0) & (decided < LAYERS)).nonzero()[0].tolist()
         layer = int(decided[b, t])
@@ -172,7 +197,7 @@ def test_skip_equals_masked_under_the_same_decisions(rule, heads):
         assert torch.allclose(skipped[b, t], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", RULES + ["softmax+searched"])  # CALM's softmax pays for a searched head too
 def test_counted_flops_include_the_rule_and_are_executed(rule):
     model = _model(rule, seed=3)
     gen = torch.Generator().manual_seed(3)

@@ -35,17 +35,20 @@ STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
 # The methods HashEE is compared with (docs/exit-methods.md), on the same weights: a
 # static half-depth model (the first layers of each stack), and dynamic decoder rules
 # beside HashEE encoder exits, their thresholds at the median of their scores on the
-# setting's own inputs (random weights give no meaningful confidence to fix one at).
-STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING = (
+# setting's own inputs (random weights give no meaningful confidence to fix one at); the
+# agreement rule keeps its default threshold 0 and patience 1 (agreement of successive heads alone).
+STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING, AGREEMENT = (
     "static half depth",
     "CALM softmax, enc exits",
     "CALM saturation, enc ex.",
     "DAT halting, enc exits",
+    "agreement, enc exits",  # LECO's comparison of successive exits (the COBEE stand-in), shared heads
 )
 RULE_CONFIGS = {
     CALM_SOFTMAX: {"decoder_exit_rule": "confidence", "exit_confidence": "softmax"},
     CALM_SATURATION: {"decoder_exit_rule": "confidence", "exit_confidence": "saturation"},
     DAT_HALTING: {"decoder_exit_rule": "dat-halting"},
+    AGREEMENT: {"decoder_exit_rule": "agreement"},
 }
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
 # How --configs names them.
@@ -58,6 +61,7 @@ CONFIG_KEYS = {
     "calm-softmax": CALM_SOFTMAX,
     "calm-saturation": CALM_SATURATION,
     "dat-halting": DAT_HALTING,
+    "agreement": AGREEMENT,
 }
 DECODINGS = ("forced", "free")
 
@@ -270,7 +274,7 @@ def runner(setting: Setting, models: Models, args, dictionary) -> Callable[[str]
                 tables["decoder"] if config == ALL_EXITS else None,
             )
             hashee.decoder.exit_rule = models.rules.get(config)
-            if config in RULE_CONFIGS:
+            if config in RULE_CONFIGS and config != AGREEMENT:  # agreement: its default, 0 (agreement alone)
                 if config not in thresholds:
                     thresholds[config] = float(
                         rule_scores(hashee, inputs.src_tokens, inputs.src_lengths, inputs.prev).median()

@@ -1,3 +1,4 @@
 from .calm_exit_classifier import CalmExitClassifierCriterion  # noqa: F401
 from .dat_exit_classifier import DatExitClassifierCriterion  # noqa: F401
+from .leco_head_search import LecoHeadSearchCriterion  # noqa: F401
 from .multi_exit import MultiExitLabelSmoothedCrossEntropyCriterion  # noqa: F401

@@ -63,6 +63,11 @@ class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCrite
 
     def forward(self, model, sample, reduce=True):
         check_exit_heads(model, "multi_exit_label_smoothed_cross_entropy")
+        if model.decoder.exit_heads.kind == "search":
+            raise HashEEError(
+                "--criterion multi_exit_label_smoothed_cross_entropy trains chosen exit heads: a model with "
+                "--exit-heads search trains with --criterion leco_head_search (then --exit-heads searched)"
+            )
         net_output = model(**sample["net_input"])
         num_layers = model.decoder.num_layers
         weights = [float(i) if self.exit_loss_weights == "layer" else 1.0 for i in range(1, num_layers + 1)]

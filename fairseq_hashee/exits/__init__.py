@@ -12,7 +12,10 @@ decides, the layers execute.
   shared output projection, or a head per layer);
 - ``rules.py``: what a rule is, and CALM's confidence rule (softmax
   response, state saturation, meta classifier);
-- ``dat.py``: DAT's halting rules and their oracle exits.
+- ``dat.py``: DAT's halting rules and their oracle exits;
+- ``leco.py``: LECO's exiting side, a rule comparing successive exits (a
+  documented stand-in for COBEE, whose definition we could not read); LECO's
+  searched heads are in ``heads.py``.
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -25,9 +28,10 @@ from typing import Optional
 
 from ..errors import HashEEError
 from .dat import HaltingRule, MultinomialRule
+from .leco import AgreementRule
 from .rules import ConfidenceRule, ExitRule
 
-RULES = ("none", "confidence", "dat-halting", "dat-multinomial")
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "agreement")
 
 
 def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
@@ -41,4 +45,6 @@ def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]
         return HaltingRule(embed_dim, num_layers)
     if name == "dat-multinomial":
         return MultinomialRule(embed_dim, num_layers)
+    if name == "agreement":
+        return AgreementRule(num_layers)
     raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")

@@ -72,7 +72,7 @@ class MultinomialRule(ExitRule):
     def decides_at(self, layer: int) -> bool:
         return layer == 1
 
-    def decide(self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor) -> Tensor:
+    def decide(self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor, memory=None) -> Tensor:
         predicted = (self.exit_layer_classifier(h).argmax(dim=-1) + 1).clamp(min=self.min_layer)
         return torch.minimum(predicted, current)  # never later than the table's exit
 

@@ -7,31 +7,168 @@ default) or, with ``--exit-heads per-layer``, a head of the layer's own,
 initialised from the output projection. The top layer always uses the output
 projection, so a model whose positions all exit at ``L`` computes what the
 model without heads computes.
+
+LECO (Zhang et al. 2023) searches each layer's head architecture among a few
+candidates (``HEAD_ARCHS``) with differentiable architecture search:
+
+- ``shared``: the output projection itself;
+- ``linear``: a vocabulary-sized projection of the layer's own (``per-layer``'s head);
+- ``mlp``: a one-hidden-layer residual MLP on the state, ``x + W2 gelu(W1 x)``
+  (``W2`` starts at zero), then the output projection;
+- ``pooler``: BERT's pooler as multi-exit BERT heads use it, ``tanh(W x + b)``
+  (``W`` starts at the identity), then the output projection.
+
+The transforms feed the shared projection, so only ``linear`` adds a
+vocabulary-sized matrix. ``--exit-heads search`` holds every candidate at
+every layer below the top and architecture weights ``alpha`` (L-1 x 4); a
+layer's logits are the softmax(alpha)-weighted sum of its candidates' logits
+(trained by ``--criterion leco_head_search``). ``--exit-heads searched`` keeps
+one candidate per layer, ``argmax alpha`` of the search it is restored from,
+in the buffer ``choice``: a checkpoint carries its architectures, and the
+model that loads it keeps the chosen modules only (``select``).
 """
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import HashEEError
 from ..modules.few_rows_linear import few_rows_linear
 
-HEAD_KINDS = ("shared", "per-layer")
+HEAD_KINDS = ("shared", "per-layer", "search", "searched")
+HEAD_ARCHS = ("shared", "linear", "mlp", "pooler")  # the search space; ``choice`` indexes it
+UNCHOSEN = -1
+
+
+class _MLPHead(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(F.gelu(self.fc1(x)))
+
+
+class _PoolerHead(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        with torch.no_grad():
+            self.dense.weight.copy_(torch.eye(self.dense.in_features))
+            self.dense.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x))
+
+
+def _build_candidate(arch: str, dim: int, output_projection: nn.Linear) -> Optional[nn.Module]:
+    if arch == "shared":
+        return None
+    if arch == "linear":
+        head = nn.Linear(dim, output_projection.out_features, bias=False)
+        with torch.no_grad():
+            head.weight.copy_(output_projection.weight)
+        return head
+    if arch == "mlp":
+        return _MLPHead(dim)
+    if arch == "pooler":
+        return _PoolerHead(dim)
+    raise HashEEError(f"exit head architecture: expected one of {', '.join(HEAD_ARCHS)}, got {arch!r}")
+
+
+def head_arch_flops(arch: str, dim: int, vocab: int) -> float:
+    """Matrix-product FLOPs of one position through a head of architecture ``arch``."""
+    transform = {"shared": 0.0, "linear": 0.0, "mlp": 4.0 * dim * dim, "pooler": 2.0 * dim * dim}
+    if arch not in transform:
+        raise HashEEError(f"exit head architecture: expected one of {', '.join(HEAD_ARCHS)}, got {arch!r}")
+    return transform[arch] + 2.0 * dim * vocab
 
 
 class ExitHeads(nn.Module):
     def __init__(self, num_layers: int, embed_dim: int, output_projection: nn.Linear, kind: str = "shared"):
         super().__init__()
+        if kind not in HEAD_KINDS:
+            raise HashEEError(f"--exit-heads: expected one of {', '.join(HEAD_KINDS)}, got {kind!r}")
         self.num_layers = num_layers
+        self.embed_dim = embed_dim
         self.kind = kind
         self.layers: Optional[nn.ModuleList] = None
+        self.candidates: Optional[nn.ModuleList] = None
         if kind == "per-layer":
             self.layers = nn.ModuleList(
-                nn.Linear(embed_dim, output_projection.out_features, bias=False) for _ in range(num_layers - 1)
+                _build_candidate("linear", embed_dim, output_projection) for _ in range(num_layers - 1)
             )
-            with torch.no_grad():
-                for head in self.layers:
-                    head.weight.copy_(output_projection.weight)
+        if kind in ("search", "searched"):
+            # Every candidate of every layer below the top; ``select`` keeps the chosen ones.
+            self.candidates = nn.ModuleList(
+                nn.ModuleDict({arch: _build_candidate(arch, embed_dim, output_projection) for arch in HEAD_ARCHS[1:]})
+                for _ in range(num_layers - 1)
+            )
+            self.register_buffer("choice", torch.full((num_layers - 1,), UNCHOSEN, dtype=torch.long))
+        if kind == "search":
+            self.alpha = nn.Parameter(torch.zeros(num_layers - 1, len(HEAD_ARCHS)))
+            # alpha enters the softmax times this (set by the search criterion): under Adam, alpha's
+            # learning rate relative to the network's. argmax alpha is the same at any scale.
+            self.register_buffer("alpha_scale", torch.tensor(1.0))
+
+    def init_candidates(self, output_projection: nn.Linear) -> None:
+        """The candidates' starting weights (``linear``: the output projection; ``mlp``: the identity
+        map; ``pooler``: tanh of the identity), again after a model-wide initialisation such as BART's."""
+        for modules in self.candidates or []:
+            for arch, module in modules.items():
+                if arch == "linear":
+                    with torch.no_grad():
+                        module.weight.copy_(output_projection.weight)
+                else:
+                    module.init_weights()
+
+    # -- the search's outcome -------------------------------------------------------------
+
+    def chosen_archs(self) -> List[str]:
+        """The architecture of every layer below the top (searched heads)."""
+        choice = self.choice.tolist()
+        if any(c == UNCHOSEN for c in choice):
+            raise HashEEError(
+                "--exit-heads searched: the model has no chosen exit heads; restore a search's checkpoint "
+                "(--exit-heads search --criterion leco_head_search) with --restore-file"
+            )
+        return [HEAD_ARCHS[c] for c in choice]
+
+    def select(self, choice: Sequence[int]) -> None:
+        """Keep, at each layer below the top, the candidate ``choice`` names (indices into HEAD_ARCHS)."""
+        choice = [int(c) for c in choice]
+        if len(choice) != self.num_layers - 1 or not all(0 <= c < len(HEAD_ARCHS) for c in choice):
+            raise HashEEError(
+                f"exit heads: the checkpoint's decoder.exit_heads.choice {choice} does not fit a decoder of "
+                f"{self.num_layers} layers and the candidates {', '.join(HEAD_ARCHS)} (one index per layer below "
+                "the top)"
+            )
+        for layer, index in enumerate(choice):
+            modules = self.candidates[layer]
+            if HEAD_ARCHS[index] != "shared" and HEAD_ARCHS[index] not in modules:
+                kept = [HEAD_ARCHS[c] for c in self.choice.tolist()]
+                raise HashEEError(
+                    f"exit heads: the checkpoint's chosen heads {[HEAD_ARCHS[c] for c in choice]} do not match "
+                    f"the model's, already chosen as {kept}"
+                )
+            for arch in list(modules.keys()):
+                if arch != HEAD_ARCHS[index]:
+                    del modules[arch]
+        self.choice.copy_(torch.tensor(choice, dtype=torch.long))
+
+    # -- logits ----------------------------------------------------------------------------
 
     def projection(self, decoder, layer: int) -> nn.Module:
         if self.layers is None or layer == self.num_layers:
@@ -47,24 +184,80 @@ class ExitHeads(nn.Module):
             h = decoder.project_out_dim(h)
         return h
 
+    def _arch_logits(self, decoder, layer: int, arch: str, features: Tensor) -> Tensor:
+        if arch == "shared":
+            return few_rows_linear(decoder.output_projection, features)
+        module = self.candidates[layer - 1][arch]
+        if arch == "linear":
+            return few_rows_linear(module, features)
+        return few_rows_linear(decoder.output_projection, module(features))
+
+    def candidate_logits(self, decoder, layer: int, features: Tensor) -> List[Tensor]:
+        """Every candidate's logits at ``layer`` (search), in HEAD_ARCHS order."""
+        return [self._arch_logits(decoder, layer, arch, features) for arch in HEAD_ARCHS]
+
+    def mixture_weights(self, layer: int) -> Tensor:
+        return F.softmax(self.alpha[layer - 1].float() * self.alpha_scale, dim=-1)
+
+    def search_logits(self, decoder, layer: int, features: Tensor) -> Tuple[Tensor, Tensor]:
+        """The search's two views of layer ``layer``'s mixed logits (first-order DARTS): with alpha
+        held fixed (what the network's weights learn from) and with the candidates held fixed (what
+        alpha learns from)."""
+        candidates = self.candidate_logits(decoder, layer, features)
+        weights = self.mixture_weights(layer).to(features.dtype)
+        fixed_alpha = sum(w * logits for w, logits in zip(weights.detach(), candidates))
+        fixed_net = sum(w * logits.detach() for w, logits in zip(weights, candidates))
+        return fixed_alpha, fixed_net
+
+    def head_logits(self, decoder, layer: int, features: Tensor) -> Tensor:
+        """Layer ``layer``'s logits for normalised ``features`` (..., C)."""
+        if self.candidates is None or layer == self.num_layers:
+            return few_rows_linear(self.projection(decoder, layer), features)
+        if self.kind == "search":
+            weights = self.mixture_weights(layer).to(features.dtype)
+            return sum(w * logits for w, logits in zip(weights, self.candidate_logits(decoder, layer, features)))
+        return self._arch_logits(decoder, layer, self.chosen_archs()[layer - 1], features)
+
     def logits(self, decoder, layer: int, h: Tensor) -> Tensor:
         """Layer ``layer``'s next-token logits for states ``h`` (..., C)."""
-        return few_rows_linear(self.projection(decoder, layer), self.features(decoder, h))
+        return self.head_logits(decoder, layer, self.features(decoder, h))
 
     def output(self, decoder, features: Tensor, exits: Tensor) -> Tensor:
         """The model's logits (B, T, V) for decoder ``features`` (B, T, C) (normalised
         already): each position's from the head of its exit layer ``exits`` (B, T).
 
-        With per-layer heads this groups positions by exit layer, one host read
-        per layer that has a head."""
+        With heads other than the shared projection this groups positions by exit
+        layer, one host read per layer that has a head."""
+        if self.layers is None and self.candidates is None:
+            return few_rows_linear(decoder.output_projection, features)
         top = decoder.output_projection
-        if self.layers is None:
-            return few_rows_linear(top, features)
         logits = features.new_empty(features.shape[:-1] + (top.out_features,))
         at_top = (exits == 0) | (exits == self.num_layers)  # padding takes the top projection too
         logits[at_top] = few_rows_linear(top, features[at_top])
-        for layer, head in enumerate(self.layers, start=1):
+        for layer in range(1, self.num_layers):
             at_layer = exits == layer
             if bool(at_layer.any()):
-                logits[at_layer] = few_rows_linear(head, features[at_layer])
+                logits[at_layer] = self.head_logits(decoder, layer, features[at_layer])
         return logits
+
+    # -- FLOPs -----------------------------------------------------------------------------
+
+    def flops_per_position(self, layer: int, vocab: int) -> float:
+        """Matrix-product FLOPs of one position's logits at ``layer``."""
+        dim = self.embed_dim
+        if self.candidates is None or layer == self.num_layers:
+            return 2.0 * dim * vocab
+        if self.kind == "search":
+            return sum(head_arch_flops(arch, dim, vocab) for arch in HEAD_ARCHS)
+        return head_arch_flops(self.chosen_archs()[layer - 1], dim, vocab)
+
+    def output_extra_flops(self, exits: Tensor, vocab: int) -> float:
+        """What the heads of positions exited at ``exits`` (B, T) cost beyond the output
+        projection every position is counted with (one host read; searched heads only)."""
+        if self.candidates is None:
+            return 0.0
+        counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
+        base = 2.0 * self.embed_dim * vocab
+        return sum(
+            counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
+        )

@@ -1,11 +1,13 @@
 """Exit rules: which active decoder positions exit, decided at the end of a layer (docs/design.md section 7).
 
 A rule sees, for the N positions a layer just updated, their states after the
-layer (``h``, N x C), before it (``h_prev``) and their current exit layers,
-and returns their new exit layers: the layer itself (exit here), a later one
-it already knows (DAT's multinomial), or the current one. It reads nothing
-but the position's own states, so a decision is the same whether the
-position is computed teacher-forced or as one incremental step, and an
+layer (``h``, N x C), before it (``h_prev``), their current exit layers and
+their ``PositionMemory`` (what the rule wrote for them at the layers below,
+in this forward), and returns their new exit layers: the layer itself (exit
+here), a later one it already knows (DAT's multinomial), or the current one.
+It reads nothing but the position's own states and memory, and a position
+is active at every layer below its exit, so a decision is the same whether
+the position is computed teacher-forced or as one incremental step, and an
 exited position is then a frozen one like any hash-exited position (the
 KV-cache invariant holds unchanged). A rule fires only while the model is not
 training (multi-exit training runs every layer) and never at the top layer,
@@ -24,7 +26,7 @@ where every position exits anyway.
 
 CALM's reference code exits a whole batch together at its least confident
 row; this rule decides per position, and the exited rows are really skipped.
-DAT's rules are in dat.py.
+DAT's rules are in dat.py, LECO's in leco.py.
 """
 
 import contextlib
@@ -37,6 +39,37 @@ from torch import Tensor, nn
 from ..errors import HashEEError
 
 CONFIDENCE_MEASURES = ("softmax", "saturation", "classifier")
+
+
+class PositionMemory:
+    """Values a rule carries from layer to layer for each position of one stack forward.
+
+    ``run_layers`` creates one per forward (B, T) and points it at the positions
+    a layer updated (``at``) before the rule decides; a rule reads what it wrote
+    for them at lower layers and writes this layer's. Incrementally a forward is
+    one step, so a position's memory holds exactly its own history, as in a
+    teacher-forced forward.
+    """
+
+    def __init__(self, shape, device):
+        self.shape, self.device = tuple(shape), device
+        self._fields = {}
+        self._index = None
+
+    def at(self, rows: Tensor, times: Tensor) -> "PositionMemory":
+        self._index = (rows, times)
+        return self
+
+    def read(self, name: str, fill, dtype=torch.long) -> Tensor:
+        """The field ``name`` (N,) at the current positions; ``fill`` where never written."""
+        if name not in self._fields:
+            self._fields[name] = torch.full(self.shape, fill, dtype=dtype, device=self.device)
+        return self._fields[name][self._index]
+
+    def write(self, name: str, values: Tensor) -> None:
+        if name not in self._fields:
+            self._fields[name] = torch.zeros(self.shape, dtype=values.dtype, device=self.device)
+        self._fields[name].index_put_(self._index, values.to(self._fields[name].dtype))
 
 
 class ExitRule(nn.Module):
@@ -64,8 +97,11 @@ class ExitRule(nn.Module):
         """Whether the rule looks at positions after ``layer`` at all (else: no cost, no host read)."""
         return layer >= self.min_layer
 
-    def decide(self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor) -> Tensor:
-        """New exit layers (N,) of the positions ``layer`` just updated (only asked where it decides)."""
+    def decide(
+        self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor, memory: Optional[PositionMemory] = None
+    ) -> Tensor:
+        """New exit layers (N,) of the positions ``layer`` just updated (only asked where it decides);
+        ``memory``: the positions' values from the layers below (rules that compare layers)."""
         return torch.where(self.fires(decoder, layer, h, h_prev), torch.full_like(current, layer), current)
 
     def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
@@ -79,6 +115,11 @@ class ExitRule(nn.Module):
         """Matrix-product FLOPs of one decision at ``layer`` (elementwise work is not
         counted, as elsewhere in the FLOPs model)."""
         raise NotImplementedError
+
+    def decision_flops(self, decoder, layer: int) -> float:
+        """FLOPs of one decision at ``layer`` of ``decoder`` (what the decoder counts); rules that
+        apply the decoder's exit heads count what the layer's head costs."""
+        return self.flops_per_position(layer, decoder.shape.embed_dim, decoder.shape.vocab)
 
 
 class ConfidenceRule(ExitRule):
@@ -103,6 +144,11 @@ class ConfidenceRule(ExitRule):
         if self.measure == "saturation":
             return F.cosine_similarity(h.float(), h_prev.float(), dim=-1)
         return F.softmax(self.meta_classifier(h).float(), dim=-1)[:, 1]
+
+    def decision_flops(self, decoder, layer: int) -> float:
+        if self.measure == "softmax":  # the layer's head, whatever its architecture
+            return decoder.exit_heads.flops_per_position(layer, decoder.shape.vocab)
+        return super().decision_flops(decoder, layer)
 
     def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
         if self.measure == "softmax":

@@ -18,7 +18,7 @@ from fairseq.models.transformer import TransformerConfig
 from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
 from ..exits import RULES, build_exit_rule
-from ..exits.heads import HEAD_KINDS
+from ..exits.heads import HEAD_ARCHS, HEAD_KINDS, UNCHOSEN
 from ..exits.rules import CONFIDENCE_MEASURES
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
 from .truncation import truncate_stack
@@ -63,7 +63,7 @@ class HashEEBARTModel(BARTModel):
             choices=RULES,
             help="a dynamic rule that exits decoder positions while they are computed "
             "(docs/design.md section 7): 'confidence' is CALM's, 'dat-halting' and 'dat-multinomial' "
-            "DAT's; default none",
+            "DAT's, 'agreement' the comparison of successive exits standing in for LECO's COBEE; default none",
         )
         parser.add_argument(
             "--exit-confidence",
@@ -74,8 +74,10 @@ class HashEEBARTModel(BARTModel):
         parser.add_argument(
             "--exit-heads",
             choices=HEAD_KINDS,
-            help="next-token heads of the decoder's layers: the shared output projection (default) "
-            "or one per layer, initialised from it",
+            help="next-token heads of the decoder's layers: the shared output projection (default), "
+            "one per layer initialised from it, LECO's architecture search over shared/linear/mlp/pooler heads "
+            "('search', with --criterion leco_head_search) or the heads a search chose ('searched', restored "
+            "from the search's checkpoint or any later one)",
         )
         for stack in ("encoder", "decoder"):
             parser.add_argument(
@@ -95,7 +97,10 @@ class HashEEBARTModel(BARTModel):
     @classmethod
     def build_model(cls, args, task):
         check_supported(args)
-        return super().build_model(args, task)
+        model = super().build_model(args, task)
+        # BART initialises every Linear of the model: the searched heads start as exits/heads.py says.
+        model.decoder.exit_heads.init_candidates(model.decoder.output_projection)
+        return model
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
@@ -165,6 +170,8 @@ class HashEEBARTModel(BARTModel):
         own parameters (CALM's classifier) start fresh when fine-tuning; to
         generate, a checkpoint must have them.
         """
+        if self.decoder.exit_heads.kind == "searched":
+            self._upgrade_searched_heads(state_dict, prefix)
         ours = self.decoder.state_dict(prefix=f"{prefix}decoder.")
         unused = [k for k in state_dict if k.startswith(f"{prefix}decoder.exit_rule.") and k not in ours]
         if unused:
@@ -172,6 +179,13 @@ class HashEEBARTModel(BARTModel):
             logger.info(f"not using the checkpoint's exit rule parameters: {', '.join(unused)}")
             for key in unused:
                 del state_dict[key]
+        if self.decoder.exit_heads.kind in ("shared", "per-layer"):
+            unused = [k for k in state_dict if k.startswith(f"{prefix}decoder.exit_heads.") and k not in ours]
+            if unused:
+                # e.g. a searched model compared with the shared projection (--model-overrides)
+                logger.info(f"not using the checkpoint's exit head parameters: {', '.join(unused)}")
+                for key in unused:
+                    del state_dict[key]
         missing = [k for k in ours if (".exit_heads." in k or ".exit_rule." in k) and k not in state_dict]
         projection = state_dict.get(
             f"{prefix}decoder.output_projection.weight", state_dict.get(f"{prefix}decoder.embed_tokens.weight")
@@ -181,12 +195,56 @@ class HashEEBARTModel(BARTModel):
                 state_dict[key] = projection.clone()
             elif self.exit_parameters_may_start_fresh:
                 state_dict[key] = ours[key].clone()
+            elif ".exit_heads." in key:
+                raise HashEEError(
+                    f"the checkpoint has no {key}, which the model's exit heads (--exit-heads "
+                    f"{self.decoder.exit_heads.kind}) need"
+                )
             else:
                 rule = self.decoder.exit_rule
                 raise HashEEError(
                     f"the checkpoint has no {key}, which the {rule.name} exit rule needs; train it first "
                     f"(--criterion {rule.trained_by})"
                 )
+
+    def _upgrade_searched_heads(self, state_dict, prefix: str) -> None:
+        """Keep the exit heads the checkpoint chose, or its search's ``argmax alpha`` (LECO, exits/heads.py)."""
+        heads = self.decoder.exit_heads
+        key, alpha_key = f"{prefix}decoder.exit_heads.choice", f"{prefix}decoder.exit_heads.alpha"
+        choice = state_dict.get(key)
+        if choice is not None and bool((choice != UNCHOSEN).all()):
+            source = "the checkpoint's"
+        elif alpha_key in state_dict:
+            alpha = state_dict[alpha_key]
+            if alpha.dim() != 2 or alpha.size(1) != len(HEAD_ARCHS):
+                raise HashEEError(
+                    f"exit heads: the checkpoint's {alpha_key} {tuple(alpha.shape)} is not a search over "
+                    f"{', '.join(HEAD_ARCHS)}"
+                )
+            choice = alpha.argmax(dim=-1)
+            source = "the search's (argmax alpha)"
+            # The search's other candidates and its architecture weights are dropped with it.
+            del state_dict[alpha_key]
+            state_dict.pop(f"{prefix}decoder.exit_heads.alpha_scale", None)
+            for layer, index in enumerate(choice.tolist()):
+                for arch in HEAD_ARCHS:
+                    if arch != HEAD_ARCHS[index]:
+                        stem = f"{prefix}decoder.exit_heads.candidates.{layer}.{arch}."
+                        for k in [k for k in state_dict if k.startswith(stem)]:
+                            del state_dict[k]
+        elif bool((heads.choice != UNCHOSEN).all()):
+            choice = heads.choice.clone()  # chosen already (e.g. a reload), the checkpoint says nothing
+            source = "the model's"
+        else:
+            raise HashEEError(
+                "--exit-heads searched: the checkpoint has neither chosen exit heads (decoder.exit_heads.choice) "
+                "nor a search's architecture weights (decoder.exit_heads.alpha); search first "
+                "(--exit-heads search --criterion leco_head_search) and restore its checkpoint"
+            )
+        heads.select(choice.tolist())
+        state_dict[key] = heads.choice.clone()
+        chosen = ", ".join(f"{layer} {arch}" for layer, arch in enumerate(heads.chosen_archs(), start=1))
+        logger.info(f"exit heads: {source} choice, layer {chosen}")
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         try:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import HashEEError
 from ..exits.heads import ExitHeads
+from ..exits.rules import PositionMemory
 from ..modules import kv_cache
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
@@ -91,26 +92,32 @@ class PlannedStackMixin:
         if not keep_states:
             states.clear()
         rule = self._active_rule()
+        # What the rule carries for each position from one layer to the next, in this forward only.
+        memory = PositionMemory(planner.exits.shape, x.device) if rule is not None else None
         decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
             # The input stays referenced only while a rule may read it (the state before the layer).
             before = x if rule is not None else None
             x = self._run_layer(layer, x, i, planner, inputs)
             if rule is not None and i < self.num_layers and rule.decides_at(i):
-                decision_flops += self._decide_exits(rule, i, x, before, planner)
+                decision_flops += self._decide_exits(rule, i, x, before, planner, memory)
             if keep_states:
                 states.append(x)
         return StackRun(x, planner.exits, decision_flops)
 
-    def _decide_exits(self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner) -> float:
+    def _decide_exits(
+        self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
+    ) -> float:
         """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost."""
         rows, times = planner.active_indices(layer)
         if rows.numel() == 0:
             return 0.0
         exits = planner.exits
-        decided = rule.decide(self, layer, after[times, rows], before[times, rows], exits[rows, times])
+        decided = rule.decide(
+            self, layer, after[times, rows], before[times, rows], exits[rows, times], memory=memory.at(rows, times)
+        )
         planner.set_exits(exits.index_put((rows, times), decided))
-        return rows.numel() * rule.flops_per_position(layer, self.shape.embed_dim, self.shape.vocab)
+        return rows.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -271,7 +278,9 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
             past_len = prev_output_tokens.size(1) - tokens.size(1)
-            self._measure(exits, past_len, inputs, run.decision_flops)
+            # Exit heads beyond the output projection are spent where positions exit (searched heads).
+            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab)
+            self._measure(exits, past_len, inputs, run.decision_flops + heads)
         return x, {"attn": [None], "inner_states": inner_states, "exits": exits}
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):

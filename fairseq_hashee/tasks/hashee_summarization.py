@@ -96,6 +96,13 @@ class HashEESummarizationConfig(TranslationConfig):
     exit_min_layer: int = field(
         default=1, metadata={"help": "lowest decoder layer at which the dynamic exit rule may exit a position"}
     )
+    exit_patience: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "the agreement rule's patience (--decoder-exit-rule agreement): a position exits once this "
+            "many heads below the layer's agree with its prediction; settable without retraining (default 1)"
+        },
+    )
 
 
 @register_task("hashee_summarization", dataclass=HashEESummarizationConfig)
@@ -164,7 +171,15 @@ class HashEESummarizationTask(TranslationTask):
                 raise HashEEError(
                     "--exit-threshold: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
                 )
+            if cfg.exit_patience is not None:
+                raise HashEEError(
+                    "--exit-patience: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
+                )
             return
+        if cfg.exit_patience is not None:
+            if not hasattr(rule, "set_patience"):
+                raise HashEEError(f"--exit-patience: the {rule.name} rule takes no patience (the agreement rule does)")
+            rule.set_patience(cfg.exit_patience)
         if not 1 <= cfg.exit_min_layer <= model.decoder.num_layers:
             raise HashEEError(
                 f"--exit-min-layer: {cfg.exit_min_layer} is outside the decoder's layers 1..{model.decoder.num_layers}"
