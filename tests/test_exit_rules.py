@@ -1,4 +1,5 @@
-"""Dynamic exit rules (CALM's confidence measures, DAT's halting): the four tests of docs/design.md section 7.
+"""Dynamic exit rules (CALM's confidence measures, DAT's halting, ConsistentEE's policies): the four tests of
+docs/design.md section 7.
 
 (1) incremental decoding equals the teacher-forced forward that replays the
 exit decisions the incremental run took, with batches, beams and reordering;
@@ -18,12 +19,13 @@ from fairseq_hashee.modules import flops
 
 from helpers import PRECISIONS, build_hashee, random_batch, set_exit_impl, tiny_dictionary
 
-RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial"]  # the first three: CALM's
+# the first three: CALM's measures
+RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial", "consistentee"]
 LAYERS = 4
 
 
 def _model(rule, seed=0, **overrides):
-    if rule.startswith("dat-"):
+    if rule.startswith("dat-") or rule == "consistentee":
         options = dict(decoder_exit_rule=rule)
     else:
         options = dict(decoder_exit_rule="confidence", exit_confidence=rule)

@@ -12,7 +12,8 @@ decides, the layers execute.
   shared output projection, or a head per layer);
 - ``rules.py``: what a rule is, and CALM's confidence rule (softmax
   response, state saturation, meta classifier);
-- ``dat.py``: DAT's halting rules and their oracle exits.
+- ``dat.py``: DAT's halting rules and their oracle exits;
+- ``consistentee.py``: ConsistentEE's exit policies and their REINFORCE loss.
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -24,10 +25,11 @@ generating without retraining (``--exit-threshold``).
 from typing import Optional
 
 from ..errors import HashEEError
+from .consistentee import DEFAULT_POLICY_DIM, ConsistentEERule
 from .dat import HaltingRule, MultinomialRule
 from .rules import ConfidenceRule, ExitRule
 
-RULES = ("none", "confidence", "dat-halting", "dat-multinomial")
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee")
 
 
 def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
@@ -41,4 +43,6 @@ def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]
         return HaltingRule(embed_dim, num_layers)
     if name == "dat-multinomial":
         return MultinomialRule(embed_dim, num_layers)
+    if name == "consistentee":
+        return ConsistentEERule(embed_dim, num_layers, getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM))
     raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")
