@@ -155,3 +155,19 @@ def test_criterion_refuses_what_it_cannot_train():
     model = build_hashee(tiny_dictionary(), decoder_exit_rule="dat-halting").train()
     with pytest.raises(HashEEError, match="trains the exit policies of --decoder-exit-rule consistentee"):
         ConsistentEEPolicyCriterion(task, 0.01, 4)(model, _sample(model))
+
+
+def test_policies_start_fresh_only_when_training():
+    """A stage-1 checkpoint (without policies) starts stage 2; generating from it is refused."""
+    stage1 = build_hashee(tiny_dictionary(), decoder_exit_rule="dat-halting").state_dict()
+    model = build_hashee(tiny_dictionary(), decoder_exit_rule="consistentee")
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if ".exit_rule." in k}
+    needs = r"which the consistentee exit rule needs; train it first \(--criterion consistentee_policy\)"
+    with pytest.raises(HashEEError, match=r"the checkpoint has no decoder\.exit_rule\.policies\.0\..*" + needs):
+        model.upgrade_state_dict_named(dict(stage1), "")
+    model.exit_parameters_may_start_fresh = True  # as the task sets it for fairseq-train
+    state = dict(stage1)
+    model.upgrade_state_dict_named(state, "")
+    assert not any("halting" in k for k in state)  # the other rule's parameters are dropped
+    model.load_state_dict(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in fresh.items())

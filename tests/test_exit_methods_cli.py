@@ -216,3 +216,34 @@ def test_python_api_takes_the_threshold(calm, data_bin, text_corpus, tmp_path):
     assert reports[0.0]["dec_mean_exit"] == 1.0 and reports[0.0]["dec_speedup"] > 1.0
     # never firing, the classifier's decisions are all it adds: a little below 1
     assert reports[1.0]["dec_mean_exit"] == LAYERS and 0.99 < reports[1.0]["dec_speedup"] < 1.0
+
+
+def test_consistentee_trains_its_policies_then_generates(calm, data_bin, tmp_path):
+    """Stage 2 from the multi-exit (stage 1) checkpoint, which has no policies; then generation.
+    (Its refusals are in test_consistentee.py: in-process, without a command's start-up.)"""
+    import torch
+
+    import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+
+    root, _, _ = calm
+    backbone = root / "backbone" / "checkpoint_last.pt"
+    rule = ["--decoder-exit-rule", "consistentee", "--consistentee-policy-dim", 8]
+    reset = ["--reset-optimizer", "--reset-dataloader", "--reset-meters"]
+    policy = ["--criterion", "consistentee_policy", "--consistentee-samples", 2, "--consistentee-alpha", 0.05]
+    proc = train(data_bin, tmp_path, *rule, "--restore-file", backbone, *reset, "--max-update", 6, criterion=policy)
+    log = proc.stdout + proc.stderr
+    assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log
+    logged = [json.loads(line[line.index("{") :]) for line in log.splitlines() if "train_inner" in line and "{" in line]
+    assert logged and all(1.0 <= float(record["exit_layer"]) <= LAYERS for record in logged)
+    assert all(float(record["reward"]) < 0 and "memorized_layer" in record for record in logged)
+    valid = [json.loads(m) for m in re.findall(r"(\{\"epoch\".*\"valid_loss\".*\})", log)]
+    assert valid and abs(float(valid[-1]["valid_loss"]) + float(valid[-1]["valid_reward"])) < 0.01  # loss = -reward
+
+    before = torch.load(backbone, map_location="cpu")["model"]
+    after = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    changed = [k for k in after if k not in before or not torch.equal(after[k], before[k])]
+    assert changed and all(k.startswith("decoder.exit_rule.policies.") for k in changed)  # the backbone is frozen
+
+    generated = generate(data_bin, tmp_path / "checkpoint_last.pt")
+    assert _hypotheses(generated)
+    assert 1.0 <= _decoder_speedup(generated)[1] <= LAYERS
