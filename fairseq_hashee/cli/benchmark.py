@@ -59,16 +59,18 @@ STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
 # static half-depth model (the first layers of each stack), and dynamic decoder rules
 # beside HashEE encoder exits, their thresholds at the median of their scores on the
 # setting's own inputs (random weights give no meaningful confidence to fix one at).
-STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING = (
+STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING, CONSISTENTEE = (
     "static half depth",
     "CALM softmax, enc exits",
     "CALM saturation, enc ex.",
     "DAT halting, enc exits",
+    "ConsistentEE, enc exits",
 )
 RULE_CONFIGS = {
     CALM_SOFTMAX: {"decoder_exit_rule": "confidence", "exit_confidence": "softmax"},
     CALM_SATURATION: {"decoder_exit_rule": "confidence", "exit_confidence": "saturation"},
     DAT_HALTING: {"decoder_exit_rule": "dat-halting"},
+    CONSISTENTEE: {"decoder_exit_rule": "consistentee"},
 }
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
 TARGETS = {"no_exit_overhead": 1.03, "encoder_efficiency": 0.9, "generation_efficiency": 0.8}
