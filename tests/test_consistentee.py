@@ -118,9 +118,13 @@ def _sample(model, seed=0):
     return {"net_input": net_input, "target": target, "ntokens": int(target.ne(dictionary.pad()).sum())}
 
 
-@pytest.mark.parametrize("bias, mean_exit", [(30.0, 1.0), (-30.0, 3.0)])
-def test_criterion_trains_the_policies_only(bias, mean_exit):
-    model = build_hashee(tiny_dictionary(), layers=3, decoder_exit_rule="consistentee").train()
+@pytest.mark.parametrize("bias, mean_exit, pre_ln", [(30.0, 1.0, False), (-30.0, 3.0, True)])
+def test_criterion_trains_the_policies_only(bias, mean_exit, pre_ln):
+    """Only the policies get gradients, also where they read the decoder's final norm (pre-LN)."""
+    model = build_hashee(
+        tiny_dictionary(), layers=3, decoder_exit_rule="consistentee", decoder_normalize_before=pre_ln
+    ).train()
+    assert (model.decoder.layer_norm is not None) == pre_ln
     with torch.no_grad():  # policies certain to exit at once, or never
         for policy in model.decoder.exit_rule.policies:
             policy[2].bias.fill_(bias)

@@ -145,10 +145,15 @@ class ConsistentEEPolicyCriterion(FairseqCriterion):
             exits = exits[live_copies]
             reward = rewards(exit_nll, exits, memorized.repeat(samples), self.alpha, num_layers)
 
+            if training:  # what the policies read of the states the sampled decoding computed
+                inputs = [
+                    rule.policy_input(decoder, extra["inner_states"][i].transpose(0, 1)[live_copies])
+                    for i in range(1, num_layers)
+                ]
+
         if training:
-            # The policies again, with gradients, on the states the sampled decoding computed.
-            states = [state.transpose(0, 1)[live_copies] for state in extra["inner_states"]]
-            exit_logits = torch.stack([rule.exit_logits(decoder, i, states[i]) for i in range(1, num_layers)])
+            # The policies again, with gradients (theirs only: their inputs are constants).
+            exit_logits = torch.stack([rule.policies[i - 1](inputs[i - 1]).squeeze(-1) for i in range(1, num_layers)])
             loss = reinforce_loss(reward, policy_log_probs(exit_logits, exits, rule.min_layer), samples)
         else:
             loss = -reward.sum()

@@ -59,11 +59,15 @@ class ConsistentEERule(ExitRule):
         # While set (by ``sampling_exits``), a position exits with probability p_i instead of when p_i >= threshold.
         self.explore = False
 
+    @staticmethod
+    def policy_input(decoder, h: Tensor) -> Tensor:
+        """What a policy reads of states ``h``: pre-LN stacks' states through the decoder's
+        final norm, as the LLaMA code reads them (post-LN BART's are normalised already)."""
+        return h if decoder.layer_norm is None else decoder.layer_norm(h)
+
     def exit_logits(self, decoder, layer: int, h: Tensor) -> Tensor:
         """``log(p / (1 - p))`` (N,) of layer ``layer``'s policy for states ``h`` (N, C)."""
-        if decoder.layer_norm is not None:  # pre-LN stacks: the normalised state, as the LLaMA code reads it
-            h = decoder.layer_norm(h)
-        return self.policies[layer - 1](h).squeeze(-1)
+        return self.policies[layer - 1](self.policy_input(decoder, h)).squeeze(-1)
 
     def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
         return torch.sigmoid(self.exit_logits(decoder, layer, h).float())
