@@ -5,10 +5,11 @@ position's state after the layer and gives the probability ``p_i`` of exiting
 there (the authors' BERT code: ``Linear(d, 32)``, GELU, ``Linear(32, 1)``,
 sigmoid; with ``--consistentee-policy-dim 0`` one ``Linear(d, 1)``, their
 LLaMA code's). At inference a position exits at the first layer whose
-``p_i`` reaches ``--exit-threshold`` (default 0.5, the authors' ``p > 0.5``).
+``p_i`` reaches ``--exit-threshold`` (default 0.5; the authors' test is ``p > 0.5``).
 
 Training (``--criterion consistentee_policy``, criterions/consistentee_policy.py)
-follows the paper's two stages: the backbone and its exit heads first
+follows the first two of the authors' three stages (the third, the backbone
+retrained under the policies' exits, is not here): the backbone and its exit heads first
 (``multi_exit_label_smoothed_cross_entropy``), then the policies alone by
 REINFORCE. Each batch is decoded ``K`` times with exits *sampled* from the
 policies (``exit ~ Bernoulli(p_i)`` at each layer a position reaches), and a
