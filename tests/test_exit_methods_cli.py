@@ -247,3 +247,19 @@ def test_consistentee_trains_its_policies_then_generates(calm, data_bin, tmp_pat
     generated = generate(data_bin, tmp_path / "checkpoint_last.pt")
     assert _hypotheses(generated)
     assert 1.0 <= _decoder_speedup(generated)[1] <= LAYERS
+
+    # the cache invariant of design section 7 on the trained policies, beside HashEE encoder exits
+    from fairseq import checkpoint_utils
+    from test_exit_rules import incremental_against_replay
+
+    from fairseq_hashee.exits.rules import rule_scores
+
+    [model], _ = checkpoint_utils.load_model_ensemble([str(tmp_path / "checkpoint_last.pt")])
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    dictionary = model.decoder.dictionary
+    src = torch.randint(dictionary.nspecial, len(dictionary), (4, 10), generator=gen)
+    prev = torch.randint(dictionary.nspecial, len(dictionary), (4, 8), generator=gen)
+    model.decoder.exit_rule.set_threshold(float(rule_scores(model, src, torch.full((4,), 10), prev).median()))
+    difference, decided = incremental_against_replay(model, gen)
+    assert bool((decided < LAYERS).any()) and difference < 1e-5
