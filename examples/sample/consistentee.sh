@@ -37,7 +37,7 @@ COMMON=("$BIN" --user-dir "$USER_DIR" --task hashee_summarization --source-lang 
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr-scheduler inverse_sqrt
   --max-tokens 4096 --no-epoch-checkpoints --log-format simple --log-interval 50
   --cpu --num-workers 0 --seed 1)
-show() { grep -E "valid on|done training|error" || true; }
+show() { tee -a "$OUT/train.log" | grep -E "valid on|done training|error" || true; }  # the whole log: train.log
 
 if [ ! -f "$OUT/stage1/checkpoint_best.pt" ]; then
   echo "== stage 1: backbone and exit heads, every layer's loss ($STAGE1_UPDATES updates)"
