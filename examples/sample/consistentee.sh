@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ConsistentEE on built-in data, on CPU (docs/exit-methods.md, "ConsistentEE"):
-# stage 1 trains a tiny HashEE BART with every decoder layer's loss (multi-exit),
+# stage 1 trains a tiny HashEE BART with every decoder layer's loss (multi-exit;
+# without the rule, whose untrained policies would exit positions in validation),
 # stage 2 trains the exit policies alone by REINFORCE (backbone frozen), then
 # test summaries are generated at full depth and with the policies at several
 # thresholds, each scored with ROUGE and its FLOPs speed-up.
@@ -33,7 +34,7 @@ COMMON=("$BIN" --user-dir "$USER_DIR" --task hashee_summarization --source-lang 
   --encoder-embed-dim 128 --encoder-ffn-embed-dim 512 --encoder-attention-heads 4
   --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 --decoder-attention-heads 4
   --max-source-positions 256 --max-target-positions 256 --truncate-source --skip-invalid-size-inputs-valid-test
-  --encoder-hash-type frequency --decoder-exit-rule consistentee
+  --encoder-hash-type frequency
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr-scheduler inverse_sqrt
   --max-tokens 4096 --no-epoch-checkpoints --log-format simple --log-interval 50
   --cpu --num-workers 0 --seed 1)
@@ -46,7 +47,7 @@ if [ ! -f "$OUT/stage1/checkpoint_best.pt" ]; then
 fi
 if [ ! -f "$OUT/stage2/checkpoint_best.pt" ]; then
   echo "== stage 2: the exit policies by REINFORCE ($STAGE2_UPDATES updates, alpha $ALPHA, K $SAMPLES)"
-  fairseq-train "${COMMON[@]}" --restore-file "$OUT/stage1/checkpoint_best.pt" \
+  fairseq-train "${COMMON[@]}" --decoder-exit-rule consistentee --restore-file "$OUT/stage1/checkpoint_best.pt" \
     --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler \
     --criterion consistentee_policy --consistentee-alpha "$ALPHA" --consistentee-samples "$SAMPLES" \
     --lr 3e-4 --warmup-updates 20 --max-update "$STAGE2_UPDATES" --save-dir "$OUT/stage2" 2>&1 | show
