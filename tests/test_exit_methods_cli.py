@@ -23,6 +23,9 @@ def _decoder_speedup(proc):
     return float(match.group(1)), float(match.group(2))
 
 
+RESET = ["--reset-optimizer", "--reset-dataloader", "--reset-meters"]
+
+
 @pytest.fixture(scope="module")
 def calm(data_bin, tmp_path_factory):
     """A tiny model trained multi-exit with a softmax-response rule, then its classifier variant."""
@@ -31,7 +34,7 @@ def calm(data_bin, tmp_path_factory):
     proc = train(data_bin, root / "backbone", *rule, "--max-update", 30, criterion=MULTI_EXIT)
     classifier = train(
         data_bin, root / "classifier", *rule, "--restore-file", root / "backbone" / "checkpoint_last.pt",
-        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 10,
+        *RESET, "--max-update", 10,
         criterion=["--criterion", "calm_exit_classifier"],
     )  # fmt: skip
     return root, proc, classifier
@@ -93,7 +96,7 @@ def test_bad_generation_options(calm, data_bin, options, message):
 def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
     root, _, _ = calm
     deep = root / "backbone" / "checkpoint_last.pt"
-    reset = ["--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler"]
+    reset = [*RESET, "--reset-lr-scheduler"]
     shallow = ["--encoder-layers", 1, "--decoder-layers", 1, "--restore-file", deep, *reset]
     proc = train(data_bin, tmp_path / "cut", *shallow, "--keep-decoder-layers", "spread", "--max-update", 2)
     log = proc.stdout + proc.stderr
@@ -120,7 +123,7 @@ def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule
     backbone = root / "backbone" / "checkpoint_last.pt"  # multi-exit trained
     proc = train(
         data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", backbone,
-        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 10,
+        *RESET, "--max-update", 10,
         criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05],
     )  # fmt: skip
     log = proc.stdout + proc.stderr
@@ -157,7 +160,7 @@ def test_trained_models_keep_the_cache_invariant(calm, data_bin, tmp_path, rule,
     if rule == "dat-halting":
         train(
             data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", root / "backbone" / "checkpoint_last.pt",
-            "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--max-update", 5,
+            *RESET, "--max-update", 5,
             criterion=["--criterion", "dat_exit_classifier"],
         )  # fmt: skip
         checkpoint = tmp_path / "checkpoint_last.pt"
@@ -216,9 +219,6 @@ def test_python_api_takes_the_threshold(calm, data_bin, text_corpus, tmp_path):
     assert reports[0.0]["dec_mean_exit"] == 1.0 and reports[0.0]["dec_speedup"] > 1.0
     # never firing, the classifier's decisions are all it adds: a little below 1
     assert reports[1.0]["dec_mean_exit"] == LAYERS and 0.99 < reports[1.0]["dec_speedup"] < 1.0
-
-
-RESET = ["--reset-optimizer", "--reset-dataloader", "--reset-meters"]
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +280,49 @@ def test_leco_chosen_heads_need_a_search(calm, data_bin, tmp_path):
                  "--max-update", 1, criterion=MULTI_EXIT, check=False)  # fmt: skip
     assert "--exit-heads searched: the checkpoint has neither chosen exit heads" in _one_error_line(proc)
     assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
+def test_consistentee_trains_its_policies_then_generates(calm, data_bin, tmp_path):
+    """Stage 2 from the multi-exit (stage 1) checkpoint, which has no policies; then generation.
+    (Its refusals are in test_consistentee.py: in-process, without a command's start-up.)"""
+    import torch
+
+    import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+
+    root, _, _ = calm
+    backbone = root / "backbone" / "checkpoint_last.pt"
+    rule = ["--decoder-exit-rule", "consistentee", "--consistentee-policy-dim", 8]
+    policy = ["--criterion", "consistentee_policy", "--consistentee-samples", 2, "--consistentee-alpha", 0.05]
+    proc = train(data_bin, tmp_path, *rule, "--restore-file", backbone, *RESET, "--max-update", 6, criterion=policy)
+    log = proc.stdout + proc.stderr
+    assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log
+    logged = [json.loads(line[line.index("{") :]) for line in log.splitlines() if "train_inner" in line and "{" in line]
+    assert logged and all(1.0 <= float(record["exit_layer"]) <= LAYERS for record in logged)
+    assert all(float(record["reward"]) < 0 and "memorized_layer" in record for record in logged)
+    valid = [json.loads(m) for m in re.findall(r"(\{\"epoch\".*\"valid_loss\".*\})", log)]
+    assert valid and abs(float(valid[-1]["valid_loss"]) + float(valid[-1]["valid_reward"])) < 0.01  # loss = -reward
+
+    before = torch.load(backbone, map_location="cpu")["model"]
+    after = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    changed = [k for k in after if k not in before or not torch.equal(after[k], before[k])]
+    assert changed and all(k.startswith("decoder.exit_rule.policies.") for k in changed)  # the backbone is frozen
+
+    generated = generate(data_bin, tmp_path / "checkpoint_last.pt")
+    assert _hypotheses(generated)
+    assert 1.0 <= _decoder_speedup(generated)[1] <= LAYERS
+
+    # the cache invariant of design section 7 on the trained policies, beside HashEE encoder exits
+    from fairseq import checkpoint_utils
+    from test_exit_rules import incremental_against_replay
+
+    from fairseq_hashee.exits.rules import rule_scores
+
+    [model], _ = checkpoint_utils.load_model_ensemble([str(tmp_path / "checkpoint_last.pt")])
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    dictionary = model.decoder.dictionary
+    src = torch.randint(dictionary.nspecial, len(dictionary), (4, 10), generator=gen)
+    prev = torch.randint(dictionary.nspecial, len(dictionary), (4, 8), generator=gen)
+    model.decoder.exit_rule.set_threshold(float(rule_scores(model, src, torch.full((4,), 10), prev).median()))
+    difference, decided = incremental_against_replay(model, gen)
+    assert bool((decided < LAYERS).any()) and difference < 1e-5

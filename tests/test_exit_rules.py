@@ -1,5 +1,5 @@
-"""Dynamic exit rules (CALM's confidence measures, DAT's halting, the agreement rule standing in for LECO's
-COBEE, with LECO's searched heads too): the four tests of docs/design.md section 7.
+"""Dynamic exit rules (CALM's confidence measures, DAT's halting, ConsistentEE's policies, the agreement rule
+standing in for LECO's COBEE, with LECO's searched heads too): the four tests of docs/design.md section 7.
 
 (1) incremental decoding equals the teacher-forced forward that replays the
 exit decisions the incremental run took, with batches, beams and reordering;
@@ -20,15 +20,18 @@ from fairseq_hashee.modules import flops
 
 from helpers import PRECISIONS, build_hashee, random_batch, set_exit_impl, tiny_dictionary
 
-# The first three: CALM's; "+searched": with LECO's searched heads (a different architecture per layer).
-RULES = ["softmax", "saturation", "classifier", "dat-halting", "dat-multinomial", "agreement", "agreement+searched"]
+# "+searched": with LECO's searched heads (a different architecture per layer).
+RULES = [
+    *("softmax", "saturation", "classifier"),  # CALM's measures
+    *("dat-halting", "dat-multinomial", "consistentee", "agreement", "agreement+searched"),
+]
 LAYERS = 4
 SEARCHED_CHOICE = ["linear", "mlp", "pooler"]  # layers 1..3
 
 
 def _model(rule, seed=0, exit_heads="shared"):
     rule, searched = rule.partition("+")[0], rule.endswith("+searched")
-    if rule.startswith("dat-") or rule == "agreement":
+    if rule.startswith("dat-") or rule in ("consistentee", "agreement"):
         options = dict(decoder_exit_rule=rule)
     else:
         options = dict(decoder_exit_rule="confidence", exit_confidence=rule)

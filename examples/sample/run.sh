@@ -8,7 +8,8 @@
 #
 # Knobs (environment): MAX_UPDATE, ENC_HASH, DEC_HASH, DEC_EXITS (1/0), BEAM, and
 # RUN (a name: several runs then share WORK_DIR's data, each with its own
-# checkpoints-RUN/ and generate-RUN/).
+# checkpoints-RUN/ and generate-RUN/); DATA_ONLY=1 stops after the data (other
+# examples, e.g. consistentee.sh, build their data with it).
 set -euo pipefail
 
 WORK=${1:-$(dirname "$0")/work}
@@ -44,6 +45,7 @@ if ! done_stage data; then
     --joined-dictionary --destdir "$BIN" --workers 2 2>&1 | grep -v tensorboardX | tail -n 2
   mark_stage data
 fi
+[ "${DATA_ONLY:-0}" = 1 ] && exit 0
 
 EXIT_FLAGS=(--encoder-hash-type "$ENC_HASH" --decoder-hash-type "$DEC_HASH")
 [ "$DEC_EXITS" = 1 ] && EXIT_FLAGS+=(--decoder-exits)

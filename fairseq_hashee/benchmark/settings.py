@@ -37,17 +37,19 @@ STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
 # beside HashEE encoder exits, their thresholds at the median of their scores on the
 # setting's own inputs (random weights give no meaningful confidence to fix one at); the
 # agreement rule keeps its default threshold 0 and patience 1 (agreement of successive heads alone).
-STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING, AGREEMENT = (
+STATIC_HALF, CALM_SOFTMAX, CALM_SATURATION, DAT_HALTING, CONSISTENTEE, AGREEMENT = (
     "static half depth",
     "CALM softmax, enc exits",
     "CALM saturation, enc ex.",
     "DAT halting, enc exits",
+    "ConsistentEE, enc exits",
     "agreement, enc exits",  # LECO's comparison of successive exits (the COBEE stand-in), shared heads
 )
 RULE_CONFIGS = {
     CALM_SOFTMAX: {"decoder_exit_rule": "confidence", "exit_confidence": "softmax"},
     CALM_SATURATION: {"decoder_exit_rule": "confidence", "exit_confidence": "saturation"},
     DAT_HALTING: {"decoder_exit_rule": "dat-halting"},
+    CONSISTENTEE: {"decoder_exit_rule": "consistentee"},
     AGREEMENT: {"decoder_exit_rule": "agreement"},
 }
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
@@ -61,6 +63,7 @@ CONFIG_KEYS = {
     "calm-softmax": CALM_SOFTMAX,
     "calm-saturation": CALM_SATURATION,
     "dat-halting": DAT_HALTING,
+    "consistentee": CONSISTENTEE,
     "agreement": AGREEMENT,
 }
 DECODINGS = ("forced", "free")

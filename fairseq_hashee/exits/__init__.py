@@ -16,6 +16,7 @@ decides, the layers execute.
 - ``leco.py``: LECO's exiting side, a rule comparing successive exits (a
   documented stand-in for COBEE, whose definition we could not read); LECO's
   searched heads are in ``heads.py``.
+- ``consistentee.py``: ConsistentEE's exit policies and their REINFORCE loss.
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -27,11 +28,12 @@ generating without retraining (``--exit-threshold``).
 from typing import Optional
 
 from ..errors import HashEEError
+from .consistentee import DEFAULT_POLICY_DIM, ConsistentEERule
 from .dat import HaltingRule, MultinomialRule
 from .leco import AgreementRule
 from .rules import ConfidenceRule, ExitRule
 
-RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "agreement")
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee", "agreement")
 
 
 def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
@@ -47,4 +49,6 @@ def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]
         return MultinomialRule(embed_dim, num_layers)
     if name == "agreement":
         return AgreementRule(num_layers)
+    if name == "consistentee":
+        return ConsistentEERule(embed_dim, num_layers, getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM))
     raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")

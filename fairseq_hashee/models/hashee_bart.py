@@ -18,6 +18,7 @@ from fairseq.models.transformer import TransformerConfig
 from ..checkpoints import describe_mismatch, describe_shape
 from ..errors import HashEEError
 from ..exits import RULES, build_exit_rule
+from ..exits.consistentee import DEFAULT_POLICY_DIM
 from ..exits.heads import HEAD_ARCHS, HEAD_KINDS, UNCHOSEN
 from ..exits.rules import CONFIDENCE_MEASURES
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
@@ -63,7 +64,15 @@ class HashEEBARTModel(BARTModel):
             choices=RULES,
             help="a dynamic rule that exits decoder positions while they are computed "
             "(docs/design.md section 7): 'confidence' is CALM's, 'dat-halting' and 'dat-multinomial' "
-            "DAT's, 'agreement' the comparison of successive exits standing in for LECO's COBEE; default none",
+            "DAT's, 'consistentee' ConsistentEE's exit policies, 'agreement' the comparison of successive "
+            "exits standing in for LECO's COBEE; default none",
+        )
+        parser.add_argument(
+            "--consistentee-policy-dim",
+            type=int,
+            metavar="N",
+            help="hidden size of the consistentee rule's policy network per layer, Linear(d, N), GELU, "
+            "Linear(N, 1) (default 32, the authors' BERT code); 0: one Linear(d, 1) (their LLaMA code)",
         )
         parser.add_argument(
             "--exit-confidence",
@@ -265,6 +274,7 @@ def _hashee_defaults(args):
     args.decoder_exit_rule = getattr(args, "decoder_exit_rule", "none")
     args.exit_confidence = getattr(args, "exit_confidence", "softmax")
     args.exit_heads = getattr(args, "exit_heads", "shared")
+    args.consistentee_policy_dim = getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM)
     args.keep_encoder_layers = getattr(args, "keep_encoder_layers", "first")
     args.keep_decoder_layers = getattr(args, "keep_decoder_layers", "first")
     args.scale_embedding = getattr(args, "scale_embedding", False)
