@@ -49,6 +49,13 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
     assert configs.count(settings.STOCK) == 6 and configs.count(settings.ALL_EXITS) == 6
     generated = [(r["batch"], r["decoding"]) for r in result["rows"] if r["config"] == settings.STOCK][2:]
     assert generated == [(1, "forced"), (1, "free"), (2, "forced"), (2, "free")]
+    # the other methods are compared at the first batch size, forced; free decoding runs what depends on it
+    for row in result["rows"]:
+        if row["kind"] == "generate" and row["config"] in settings.OTHER_METHODS:
+            assert (row["batch"], row["decoding"]) == (1, "forced")
+        if row["decoding"] == "free":
+            assert row["config"] in settings.FREE_DECODING_CONFIGS
+    assert {r["config"] for r in result["rows"] if r["kind"] == "generate"} == set(settings.CONFIGS)
     for row in result["rows"]:
         assert row["wall_s"] > 0 and row["tokens_per_s"] > 0
         # efficiency is against the same kernels with no exits; the end-to-end figure is apart

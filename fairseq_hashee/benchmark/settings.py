@@ -53,6 +53,10 @@ RULE_CONFIGS = {
     AGREEMENT: {"decoder_exit_rule": "agreement"},
 }
 CONFIGS = (STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS, STATIC_HALF, *RULE_CONFIGS)
+OTHER_METHODS = (STATIC_HALF, *RULE_CONFIGS)
+# Free decoding differs from forced only in the decoder tokens the model chooses: only decoder
+# hash exits depend on them (a rule decides from states either way).
+FREE_DECODING_CONFIGS = (STOCK, NO_EXITS, ALL_EXITS)
 # How --configs names them.
 CONFIG_KEYS = {
     "stock": STOCK,
@@ -227,6 +231,7 @@ class Setting(NamedTuple):
     inputs: Inputs
     tables: Dict[str, np.ndarray]
     decoding: Optional[str] = None  # generation: "forced" along the sampled targets, or "free"
+    other_methods: bool = True  # whether the other methods' rows (static half depth, rules) run here
 
     def describe(self) -> str:
         src = self.inputs.src_tokens
@@ -247,11 +252,15 @@ def chosen_configs(text: str) -> List[str]:
 
 def configs(models: Models, setting: Setting, wanted: List[str]) -> List[str]:
     """Of the ``wanted`` configurations: stock BART where the architecture has one;
-    decoder rules in generation only."""
+    decoder rules in generation only; the other methods where the setting has them;
+    in free decoding, those whose exits depend on the tokens chosen."""
     return [
         c
         for c in wanted
-        if (c != STOCK or models.stock is not None) and (setting.kind == "generate" or c not in RULE_CONFIGS)
+        if (c != STOCK or models.stock is not None)
+        and (setting.kind == "generate" or c not in RULE_CONFIGS)
+        and (setting.other_methods or c not in OTHER_METHODS)
+        and (setting.decoding != "free" or c in FREE_DECODING_CONFIGS)
     ]
 
 
