@@ -82,7 +82,9 @@ def main(argv=None):
     )
     parser.add_argument("--configs", default="", help=f"comma-separated, of: {', '.join(CONFIG_KEYS)} (default: all)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the encoder settings (median)")
-    parser.add_argument("--gen-repeats", type=int, default=3, help="timed rounds of the generation settings")
+    parser.add_argument(
+        "--gen-repeats", type=int, default=2, help="timed rounds of the generation settings (each runs seconds)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
