@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.logging import metrics
 
 from ..errors import HashEEError
 from ..exits.rules import every_layer_in_eval
+from .frozen_backbone import FrozenBackboneCriterion
 from .multi_exit import check_exit_heads, layer_logits
 
 NAME = "calm_exit_classifier"
@@ -31,7 +31,14 @@ class CalmExitClassifierConfig(FairseqDataclass):
 
 
 @register_criterion(NAME, dataclass=CalmExitClassifierConfig)
-class CalmExitClassifierCriterion(FairseqCriterion):
+class CalmExitClassifierCriterion(FrozenBackboneCriterion):
+    METRICS = {
+        "loss": ("loss", 1.0, 3),
+        "accuracy": ("n_correct", 100.0, 2),
+        # share of (position, layer) pairs whose prediction is already the top layer's
+        "consistent": ("n_consistent", 100.0, 2),
+    }
+
     def forward(self, model, sample, reduce=True):
         check_exit_heads(model, NAME)
         decoder = model.decoder
@@ -64,18 +71,3 @@ class CalmExitClassifierCriterion(FairseqCriterion):
             "n_consistent": labels.sum().item(),
         }
         return loss, sample_size, logging_output
-
-    @classmethod
-    def reduce_metrics(cls, logging_outputs) -> None:
-        def total(key):
-            return sum(log.get(key, 0) for log in logging_outputs)
-
-        sample_size = total("sample_size")
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1), sample_size, round=3)
-        metrics.log_scalar("accuracy", 100.0 * total("n_correct") / max(sample_size, 1), sample_size, round=2)
-        # share of (position, layer) pairs whose prediction is already the top layer's
-        metrics.log_scalar("consistent", 100.0 * total("n_consistent") / max(sample_size, 1), sample_size, round=2)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True

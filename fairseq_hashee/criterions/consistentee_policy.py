@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.logging import metrics
 
 from ..errors import HashEEError
 from ..exits.consistentee import (
@@ -48,6 +47,7 @@ from ..exits.consistentee import (
     sampling_exits,
 )
 from ..exits.rules import every_layer_in_eval
+from .frozen_backbone import FrozenBackboneCriterion
 from .multi_exit import check_exit_heads, layer_logits
 
 NAME = "consistentee_policy"
@@ -80,7 +80,15 @@ def _not_measured(model):
 
 
 @register_criterion(NAME, dataclass=ConsistentEEPolicyConfig)
-class ConsistentEEPolicyCriterion(FairseqCriterion):
+class ConsistentEEPolicyCriterion(FrozenBackboneCriterion):
+    METRICS = {
+        "loss": ("loss", 1.0, 3),
+        "reward": ("reward_sum", 1.0, 3),
+        "exit_nll": ("exit_nll_sum", 1.0, 3),
+        "exit_layer": ("exit_layer_sum", 1.0, 2),
+        "memorized_layer": ("memorized_layer_sum", 1.0, 2),
+    }
+
     def __init__(self, task, consistentee_alpha=0.01, consistentee_samples=4):
         super().__init__(task)
         if not consistentee_alpha >= 0:
@@ -169,19 +177,3 @@ class ConsistentEEPolicyCriterion(FairseqCriterion):
             "memorized_layer_sum": int(memorized.sum()) * samples,
         }
         return loss, sample_size, logging_output
-
-    @classmethod
-    def reduce_metrics(cls, logging_outputs) -> None:
-        def total(key):
-            return sum(log.get(key, 0) for log in logging_outputs)
-
-        sample_size = max(total("sample_size"), 1)
-        metrics.log_scalar("loss", total("loss") / sample_size, sample_size, round=3)
-        metrics.log_scalar("reward", total("reward_sum") / sample_size, sample_size, round=3)
-        metrics.log_scalar("exit_nll", total("exit_nll_sum") / sample_size, sample_size, round=3)
-        metrics.log_scalar("exit_layer", total("exit_layer_sum") / sample_size, sample_size, round=2)
-        metrics.log_scalar("memorized_layer", total("memorized_layer_sum") / sample_size, sample_size, round=2)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True

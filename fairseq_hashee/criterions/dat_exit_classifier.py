@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.logging import metrics
 
 from ..errors import HashEEError
 from ..exits.dat import HaltingRule, MultinomialRule, oracle_exits
 from ..exits.rules import every_layer_in_eval
+from .frozen_backbone import FrozenBackboneCriterion
 from .multi_exit import check_exit_heads, layer_logits
 
 NAME = "dat_exit_classifier"
@@ -36,7 +36,13 @@ class DatExitClassifierConfig(FairseqDataclass):
 
 
 @register_criterion(NAME, dataclass=DatExitClassifierConfig)
-class DatExitClassifierCriterion(FairseqCriterion):
+class DatExitClassifierCriterion(FrozenBackboneCriterion):
+    METRICS = {
+        "loss": ("loss", 1.0, 3),
+        "oracle_exit": ("oracle_exit_sum", 1.0, 2),
+        "correct": ("n_correct", 100.0, 2),
+    }
+
     def __init__(self, task, dat_oracle_penalty=0.1):
         super().__init__(task)
         if dat_oracle_penalty < 0:
@@ -89,17 +95,3 @@ class DatExitClassifierCriterion(FairseqCriterion):
             "oracle_exit_sum": int(oracle.sum()),
         }
         return loss, sample_size, logging_output
-
-    @classmethod
-    def reduce_metrics(cls, logging_outputs) -> None:
-        def total(key):
-            return sum(log.get(key, 0) for log in logging_outputs)
-
-        sample_size = max(total("sample_size"), 1)
-        metrics.log_scalar("loss", total("loss") / sample_size, sample_size, round=3)
-        metrics.log_scalar("oracle_exit", total("oracle_exit_sum") / sample_size, sample_size, round=2)
-        metrics.log_scalar("correct", 100.0 * total("n_correct") / sample_size, sample_size, round=2)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
