@@ -79,7 +79,8 @@ class ConsistentEERule(ExitRule):
             return torch.bernoulli(p).bool()
         return p >= self.threshold
 
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
+    def decision_flops(self, decoder, layer: int) -> float:
+        embed_dim = decoder.shape.embed_dim
         if self.policy_dim == 0:
             return 2.0 * embed_dim
         return 2.0 * embed_dim * self.policy_dim + 2.0 * self.policy_dim

@@ -56,8 +56,8 @@ class HaltingRule(ExitRule):
     def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
         return torch.sigmoid(self.halting_logits(layer, h).float())
 
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
-        return 2.0 * embed_dim
+    def decision_flops(self, decoder, layer: int) -> float:
+        return 2.0 * decoder.shape.embed_dim
 
 
 class MultinomialRule(ExitRule):
@@ -76,5 +76,5 @@ class MultinomialRule(ExitRule):
         predicted = (self.exit_layer_classifier(h).argmax(dim=-1) + 1).clamp(min=self.min_layer)
         return torch.minimum(predicted, current)  # never later than the table's exit
 
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
-        return 2.0 * embed_dim * self.exit_layer_classifier.out_features
+    def decision_flops(self, decoder, layer: int) -> float:
+        return 2.0 * decoder.shape.embed_dim * self.exit_layer_classifier.out_features

@@ -70,8 +70,5 @@ class AgreementRule(ExitRule):
     def decision_flops(self, decoder, layer: int) -> float:
         return decoder.exit_heads.flops_per_position(layer, decoder.shape.vocab)
 
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
-        return 2.0 * embed_dim * vocab  # with the shared projection; decision_flops asks the heads
-
 
 __all__ = ["AgreementRule", "PositionMemory"]

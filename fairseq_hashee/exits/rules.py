@@ -111,15 +111,11 @@ class ExitRule(nn.Module):
         """What the threshold is compared with (N,), for rules that take one."""
         raise NotImplementedError
 
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
-        """Matrix-product FLOPs of one decision at ``layer`` (elementwise work is not
-        counted, as elsewhere in the FLOPs model)."""
-        raise NotImplementedError
-
     def decision_flops(self, decoder, layer: int) -> float:
-        """FLOPs of one decision at ``layer`` of ``decoder`` (what the decoder counts); rules that
-        apply the decoder's exit heads count what the layer's head costs."""
-        return self.flops_per_position(layer, decoder.shape.embed_dim, decoder.shape.vocab)
+        """Matrix-product FLOPs of one position's decision at ``layer`` of ``decoder`` (elementwise
+        work is not counted, as elsewhere in the FLOPs model); a rule that applies the decoder's
+        exit heads counts what the layer's head costs."""
+        raise NotImplementedError
 
 
 class ConfidenceRule(ExitRule):
@@ -148,13 +144,8 @@ class ConfidenceRule(ExitRule):
     def decision_flops(self, decoder, layer: int) -> float:
         if self.measure == "softmax":  # the layer's head, whatever its architecture
             return decoder.exit_heads.flops_per_position(layer, decoder.shape.vocab)
-        return super().decision_flops(decoder, layer)
-
-    def flops_per_position(self, layer: int, embed_dim: int, vocab: int) -> float:
-        if self.measure == "softmax":
-            return 2.0 * embed_dim * vocab
         if self.measure == "classifier":
-            return 2.0 * embed_dim * 2
+            return 2.0 * decoder.shape.embed_dim * 2
         return 0.0
 
 
