@@ -66,3 +66,14 @@ def test_a_rule_reads_once_more_per_deciding_layer(monkeypatch):
     model.decoder.exit_rule.set_threshold(1.0)  # never fires: every layer below the top decides
     encoder, *steps = _decode(model, monkeypatch)
     assert encoder == 1 and steps == [1 + (LAYERS - 1)] * len(steps)
+
+
+def test_searched_heads_read_their_choice_once(monkeypatch):
+    """The chosen architectures are read from the ``choice`` buffer once, not at every head; the
+    logits of positions exited at different layers are grouped with one read."""
+    model = build_hashee(tiny_dictionary(), layers=LAYERS, decoder_exit_rule="agreement", exit_heads="searched")
+    model.decoder.exit_heads.select([1, 2, 3])  # linear, mlp, pooler below the top
+    model.decoder.exit_rule.set_threshold(1.0)  # never fires: every layer below the top decides
+    encoder, first, *steps = _decode(model, monkeypatch)
+    per_step = 1 + (LAYERS - 1) + 1  # the plan, each deciding layer, the heads' grouping
+    assert encoder == 1 and first == per_step + 1 and steps == [per_step] * len(steps)  # + choice, once

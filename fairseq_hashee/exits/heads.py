@@ -136,15 +136,25 @@ class ExitHeads(nn.Module):
 
     # -- the search's outcome -------------------------------------------------------------
 
+    # The buffer ``choice`` read once (it lives on the model's device: reading it at every head
+    # would synchronise with the host once per layer and step); ``select`` and loading reset it.
+    _chosen: Optional[List[str]] = None
+
     def chosen_archs(self) -> List[str]:
         """The architecture of every layer below the top (searched heads)."""
-        choice = self.choice.tolist()
-        if any(c == UNCHOSEN for c in choice):
-            raise HashEEError(
-                "--exit-heads searched: the model has no chosen exit heads; restore a search's checkpoint "
-                "(--exit-heads search --criterion leco_head_search) with --restore-file"
-            )
-        return [HEAD_ARCHS[c] for c in choice]
+        if self._chosen is None:
+            choice = self.choice.tolist()
+            if any(c == UNCHOSEN for c in choice):
+                raise HashEEError(
+                    "--exit-heads searched: the model has no chosen exit heads; restore a search's checkpoint "
+                    "(--exit-heads search --criterion leco_head_search) with --restore-file"
+                )
+            self._chosen = [HEAD_ARCHS[c] for c in choice]
+        return self._chosen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._chosen = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def select(self, choice: Sequence[int]) -> None:
         """Keep, at each layer below the top, the candidate ``choice`` names (indices into HEAD_ARCHS)."""
@@ -167,6 +177,7 @@ class ExitHeads(nn.Module):
                 if arch != HEAD_ARCHS[index]:
                     del modules[arch]
         self.choice.copy_(torch.tensor(choice, dtype=torch.long))
+        self._chosen = None
 
     # -- logits ----------------------------------------------------------------------------
 
@@ -227,16 +238,17 @@ class ExitHeads(nn.Module):
         already): each position's from the head of its exit layer ``exits`` (B, T).
 
         With heads other than the shared projection this groups positions by exit
-        layer, one host read per layer that has a head."""
+        layer: one host read (how many positions exited at each layer)."""
         if self.layers is None and self.candidates is None:
             return few_rows_linear(decoder.output_projection, features)
         top = decoder.output_projection
         logits = features.new_empty(features.shape[:-1] + (top.out_features,))
         at_top = (exits == 0) | (exits == self.num_layers)  # padding takes the top projection too
         logits[at_top] = few_rows_linear(top, features[at_top])
+        counts = torch.bincount(exits.flatten().clamp(0, self.num_layers), minlength=self.num_layers + 1).tolist()
         for layer in range(1, self.num_layers):
-            at_layer = exits == layer
-            if bool(at_layer.any()):
+            if counts[layer]:
+                at_layer = exits == layer
                 logits[at_layer] = self.head_logits(decoder, layer, features[at_layer])
         return logits
 
