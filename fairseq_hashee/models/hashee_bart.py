@@ -22,6 +22,7 @@ from ..exits.consistentee import DEFAULT_POLICY_DIM
 from ..exits.heads import HEAD_ARCHS, HEAD_KINDS, UNCHOSEN
 from ..exits.rules import CONFIDENCE_MEASURES
 from .hashee_transformer import EXIT_IMPLS, HashEEDecoder, HashEEEncoder
+from .initialization import WEIGHT_INITS, transformer_init
 from .truncation import truncate_stack
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,13 @@ class HashEEBARTModel(BARTModel):
                 "the last included) or these 1-based layers, e.g. 1,3,5",
             )
         parser.add_argument(
+            "--weight-init",
+            choices=WEIGHT_INITS,
+            help="initialisation of a model trained from scratch: BART's N(0, 0.02) (default) or fairseq "
+            "Transformer's (xavier, N(0, d^-1/2) embeddings), which small widths need to learn to read the "
+            "source (models/initialization.py); a restored checkpoint replaces either",
+        )
+        parser.add_argument(
             "--scale-embedding",
             action="store_true",
             help="multiply token embeddings by sqrt(embed dim) (Hugging Face scale_embedding: true); "
@@ -107,6 +115,8 @@ class HashEEBARTModel(BARTModel):
     def build_model(cls, args, task):
         check_supported(args)
         model = super().build_model(args, task)
+        if args.weight_init == "transformer":
+            transformer_init(model)
         # BART initialises every Linear of the model: the searched heads start as exits/heads.py says.
         model.decoder.exit_heads.init_candidates(model.decoder.output_projection)
         return model
@@ -278,6 +288,7 @@ def _hashee_defaults(args):
     args.keep_encoder_layers = getattr(args, "keep_encoder_layers", "first")
     args.keep_decoder_layers = getattr(args, "keep_decoder_layers", "first")
     args.scale_embedding = getattr(args, "scale_embedding", False)
+    args.weight_init = getattr(args, "weight_init", "bart")
     if args.scale_embedding:
         if getattr(args, "no_scale_embedding", False):
             raise HashEEError("--scale-embedding and --no-scale-embedding contradict each other")
