@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)" cython numpy setuptools wheel
-	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test,bench]'
 	# fairseq pulls a torchaudio built for another torch; fairseq's text code
 	# never imports it, but transformers (the tests' oracle) does, and fails.
 	$(BIN)/pip uninstall --quiet --yes torchaudio
@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -28,8 +28,8 @@ def allow_fairseq_checkpoint_globals() -> None:
         add(FAIRSEQ_CHECKPOINT_GLOBALS)
 
 
-def load_model_state(path: str) -> Dict[str, torch.Tensor]:
-    """The ``model`` state dict of a fairseq checkpoint, loaded with pickle safety on."""
+def load_checkpoint(path: str) -> Dict:
+    """A fairseq checkpoint (model state, config, optimizer history), loaded with pickle safety on."""
     if not os.path.isfile(path):
         raise HashEEError(f"{path}: no such checkpoint file")
     allow_fairseq_checkpoint_globals()
@@ -40,7 +40,12 @@ def load_model_state(path: str) -> Dict[str, torch.Tensor]:
         raise HashEEError(f"{path}: cannot be loaded as a fairseq checkpoint ({reason})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise HashEEError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
-    return state["model"]
+    return state
+
+
+def load_model_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``model`` state dict of a fairseq checkpoint, loaded with pickle safety on."""
+    return load_checkpoint(path)["model"]
 
 
 def describe_shape(state: Mapping[str, torch.Tensor]) -> str:

@@ -7,7 +7,7 @@
 #
 # Knobs (environment): HASH_TYPES (default: all five, "random random-incons
 # frequency mi cluster"), MAX_UPDATE,
-# DEC_EXITS (1/0); each run is examples/sample/run.sh with RUN=<hash type>.
+# DEC_EXITS (1/0); each run is examples/sample/hashee.sh with RUN=<hash type>.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +17,7 @@ export MAX_UPDATE=${MAX_UPDATE:-600} DEC_EXITS=${DEC_EXITS:-1}
 
 for hash in $HASH_TYPES; do
   echo "==== hash type $hash"
-  RUN=$hash ENC_HASH=$hash DEC_HASH=$hash bash "$HERE/../sample/run.sh" "$WORK" > "$WORK.$hash.log" 2>&1 \
+  RUN=$hash ENC_HASH=$hash DEC_HASH=$hash bash "$HERE/../sample/hashee.sh" "$WORK" > "$WORK.$hash.log" 2>&1 \
     || { tail -n 20 "$WORK.$hash.log" >&2; exit 1; }
 done
 

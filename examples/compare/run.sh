@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every exit method on the built-in corpus, on CPU, at a larger budget than the demo
+# (examples/sample/run.sh): full depth, static half depth, HashEE encoder and encoder+decoder
+# exits, CALM, DAT, ConsistentEE and LECO, fine-tuned from one full-depth base model with the same
+# updates and seed, each dynamic method at three values of its knob. Prints the table and writes
+# WORK_DIR/compare/{compare.json,compare.txt,frontier.png} (docs/comparison.md).
+#
+#   bash examples/compare/run.sh [WORK_DIR]      (default: examples/compare/work)
+#
+# Knobs (environment): BASE_UPDATES, MAX_UPDATE, FROZEN_UPDATES, METHODS, TIMING_ROUNDS, BEAM.
+# Resumable: rerun after an interruption and finished runs are kept.
+set -euo pipefail
+
+HERE=$(dirname "$0")
+WORK=${1:-$HERE/work}
+BASE_UPDATES=${BASE_UPDATES:-3000}
+MAX_UPDATE=${MAX_UPDATE:-600}
+FROZEN_UPDATES=${FROZEN_UPDATES:-300}
+METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,dat,consistentee,leco}
+TIMING_ROUNDS=${TIMING_ROUNDS:-3}
+BEAM=${BEAM:-4}
+
+source "$HERE/../sample/tiny.sh"
+bash "$HERE/../sample/prepare.sh" "$WORK"
+hashee-compare "$WORK/data-bin" --work-dir "$WORK/compare" --methods "$METHODS" --cpu --jobs 2 \
+  --arch hashee_bart_base --model-args "$TINY_MODEL_ARGS" --train-args "$TINY_TRAIN_ARGS" \
+  --base-updates "$BASE_UPDATES" --max-update "$MAX_UPDATE" --frozen-updates "$FROZEN_UPDATES" \
+  --timing-rounds "$TIMING_ROUNDS" --generate-args "--beam $BEAM $TINY_GENERATE_ARGS"

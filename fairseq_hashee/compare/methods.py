@@ -1,0 +1,174 @@
+"""The exit methods the comparison trains, as fairseq-train stages and generation settings.
+
+Every method starts from the same checkpoint (``--restore-file``, or the
+full-depth model the comparison trains first) and fine-tunes for the same
+number of updates with the same options; what differs is listed here and
+nowhere else. Methods whose exits are learned on a frozen backbone (DAT,
+ConsistentEE) or need an architecture search first (LECO) add a stage of
+``--frozen-updates``. Stages with the same name are the same run: CALM, DAT and
+ConsistentEE share the multi-exit backbone, as docs/exit-methods.md trains it.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import HashEEError
+
+# Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it.
+MULTI_EXIT = ("--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+SMOOTHED = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One fairseq-train run: its save folder's name, where it starts, its own options."""
+
+    name: str
+    start: str  # "start" (the shared starting checkpoint) or an earlier stage's name
+    options: Tuple[str, ...]
+    frozen: bool = False  # trains exit parameters only: --frozen-updates, not --max-update
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    stages: Tuple[Stage, ...]  # the last one's checkpoint generates
+    knob: Optional[str] = None  # the fairseq-generate option swept, e.g. --exit-threshold
+    sweep: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Point:
+    """One row of the table: a method generated at one value of its knob."""
+
+    method: Method
+    value: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.method.key if self.value is None else f"{self.method.key}@{self.value}"
+
+    @property
+    def label(self) -> str:
+        if self.value is None:
+            return self.method.label
+        return f"{self.method.label}, {self.method.knob.lstrip('-').replace('exit-', '')} {self.value}"
+
+    @property
+    def generate_options(self) -> List[str]:
+        return [] if self.value is None else [self.method.knob, self.value]
+
+
+def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]:
+    """Every method for a model of this depth, in the table's order."""
+    no_encoder_exits = ("--encoder-exit-layers", str(encoder_layers))
+    multi_exit = Stage(
+        "multi-exit",
+        "start",
+        no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
+    )
+    half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
+    patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
+    methods = [
+        Method("full", "full depth", (Stage("full", "start", no_encoder_exits + SMOOTHED),)),
+        Method(
+            "static-half",
+            "static half depth",
+            (
+                Stage(
+                    "static-half",
+                    "start",
+                    ("--encoder-layers", str(half_encoder), "--decoder-layers", str(half_decoder))
+                    + ("--encoder-exit-layers", str(half_encoder))
+                    + SMOOTHED,
+                ),
+            ),
+        ),
+        Method("hashee-enc", "HashEE, encoder exits", (Stage("hashee-enc", "start", SMOOTHED),)),
+        Method(
+            "hashee-encdec",
+            "HashEE, encoder+decoder exits",
+            (Stage("hashee-encdec", "start", ("--decoder-exits",) + SMOOTHED),),
+        ),
+        Method("calm", "CALM (softmax)", (multi_exit,), "--exit-threshold", ("0.9", "0.8", "0.6")),
+        Method(
+            "dat",
+            "DAT (halting)",
+            (
+                multi_exit,
+                Stage(
+                    "dat",
+                    "multi-exit",
+                    no_encoder_exits + ("--decoder-exit-rule", "dat-halting", "--criterion", "dat_exit_classifier"),
+                    frozen=True,
+                ),
+            ),
+            "--exit-threshold",
+            ("0.7", "0.5", "0.3"),
+        ),
+        Method(
+            "consistentee",
+            "ConsistentEE",
+            (
+                multi_exit,
+                Stage(
+                    "consistentee",
+                    "multi-exit",
+                    no_encoder_exits + ("--decoder-exit-rule", "consistentee", "--criterion", "consistentee_policy"),
+                    frozen=True,
+                ),
+            ),
+            "--exit-threshold",
+            ("0.7", "0.5", "0.3"),
+        ),
+        Method(
+            "leco",
+            "LECO heads + agreement",
+            (
+                Stage(
+                    "leco-search",
+                    "start",
+                    no_encoder_exits
+                    + ("--exit-heads", "search", "--criterion", "leco_head_search", "--label-smoothing", "0.1"),
+                    frozen=True,
+                ),
+                Stage(
+                    "leco",
+                    "leco-search",
+                    no_encoder_exits + ("--exit-heads", "searched", "--decoder-exit-rule", "agreement") + MULTI_EXIT,
+                ),
+            ),
+            "--exit-patience",
+            patience,
+        ),
+    ]
+    if decoder_layers < 2:
+        methods = [m for m in methods if m.key in ("full", "hashee-enc")]
+    return {m.key: m for m in methods}
+
+
+METHOD_KEYS = tuple(build_methods(2, 2))
+
+
+def select_methods(available: Dict[str, Method], keys: Sequence[str]) -> List[Method]:
+    """``keys`` in the table's order, full depth always first (every ratio is against it)."""
+    unknown = [k for k in keys if k not in METHOD_KEYS]
+    if unknown:
+        raise HashEEError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHOD_KEYS)}")
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise HashEEError(f"--methods: {missing[0]} needs a decoder of at least 2 layers")
+    wanted = set(keys) | {"full"}
+    return [m for key, m in available.items() if key in wanted]
+
+
+def sweep_points(method: Method, override: Optional[Sequence[str]] = None) -> List[Point]:
+    values = method.sweep if override is None else tuple(override)
+    if method.knob is None:
+        if override:
+            raise HashEEError(f"--sweep: {method.key} has no knob to sweep")
+        return [Point(method)]
+    if not values:
+        raise HashEEError(f"--sweep: no values for {method.key}")
+    return [Point(method, v) for v in values]

@@ -1,0 +1,91 @@
+"""What the comparison reports: the table, side-by-side summaries, the JSON and the frontier plot.
+
+A row is one method at one value of its knob. ROUGE is computed on the whole
+test split; FLOPs speed-ups are the plugin's own report; ``wall x`` is the
+full-depth model's generation time over the row's, measured by fairseq-generate's
+own timer (model loading excluded) in the same comparison run, the median over
+``--timing-rounds`` interleaved rounds; ``eff.`` is wall x over FLOPs x.
+"""
+
+import logging
+import statistics
+import textwrap
+from typing import Dict, List
+
+from ..errors import HashEEError
+from ..io_utils import atomic_write
+
+HEADER = (
+    f"{'method':<40} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'enc x':>6} {'dec x':>6} "
+    f"{'total x':>8} {'wall x':>7} {'eff.':>5}"
+)
+NOTE = "(enc/dec/total x: FLOPs speed-up; wall x: generation wall-clock speed-up over full depth; eff. = wall/total)"
+
+
+def wall_speedups(rows: List[dict]) -> None:
+    """Set each row's ``wall_x``: per timing round, full depth's seconds over the row's; the median."""
+    reference = rows[0]["seconds"]
+    for row in rows:
+        ratios = [full / mine for full, mine in zip(reference, row["seconds"]) if mine > 0]
+        row["wall_x"] = statistics.median(ratios) if ratios else float("nan")
+        row["efficiency"] = row["wall_x"] / row["total_flops_x"] if row["total_flops_x"] else float("nan")
+
+
+def table(rows: List[dict]) -> str:
+    lines = [HEADER]
+    for row in rows:
+        lines.append(
+            f"{row['label']:<40} {row['rouge1']:6.2f} {row['rouge2']:6.2f} {row['rougeL']:6.2f} "
+            f"{row['encoder_flops_x']:5.2f}x {row['decoder_flops_x']:5.2f}x {row['total_flops_x']:7.2f}x "
+            f"{row['wall_x']:6.2f}x {row['efficiency']:5.2f}"
+        )
+    return "\n".join(lines + [NOTE])
+
+
+def side_by_side(rows: List[dict], documents: Dict[int, str], count: int = 3, width: int = 100) -> str:
+    """The first ``count`` test documents (by id, not chosen), with the reference and every row's summary."""
+    ids = rows[0]["ids"][:count]
+    blocks = []
+    for index in ids:
+        lines = [f"-- test document {index}: " + textwrap.shorten(documents.get(index, ""), width, placeholder=" ...")]
+        lines.append(f"   {'reference':<40} {rows[0]['references'][rows[0]['ids'].index(index)]}")
+        for row in rows:
+            if index in row["ids"]:
+                lines.append(f"   {row['label']:<40} {row['hypotheses'][row['ids'].index(index)]}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+def plot(rows: List[dict], path: str, title: str) -> None:
+    """ROUGE-L against wall-clock speed-up, one curve per method: the quality/speed frontier."""
+    try:
+        import matplotlib
+
+        # fairseq's logging setup lets matplotlib's font search print at DEBUG level
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise HashEEError("--plot needs matplotlib (pip install 'fairseq-hashee[bench]')") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods: Dict[str, List[dict]] = {}
+    for row in rows:
+        methods.setdefault(row["method_label"], []).append(row)
+    for label, points in methods.items():
+        points = sorted(points, key=lambda r: r["wall_x"])
+        xs, ys = [p["wall_x"] for p in points], [p["rougeL"] for p in points]
+        ax.plot(xs, ys, marker="*" if label == rows[0]["method_label"] else "o", markersize=8, label=label)
+        for point in points:
+            if point.get("value") is not None:
+                ax.annotate(point["value"], (point["wall_x"], point["rougeL"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.axvline(1.0, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("generation wall-clock speed-up over full depth (x)")
+    ax.set_ylabel("ROUGE-L")
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_write(path, binary=True) as out:
+        fig.savefig(out, format="png", dpi=130)
+    plt.close(fig)

@@ -1,0 +1,222 @@
+"""Running fairseq-train and fairseq-generate for the comparison, resumably, and reading what they print.
+
+Every run is a fairseq command-line tool in its own process, exactly as a user
+would start it; its log is kept next to its outputs. A run that finished
+leaves a marker (training) or its result file (generation), so a rerun of the
+comparison skips it; an interrupted training run resumes from its
+``checkpoint_last.pt`` as fairseq-train always does.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..errors import HashEEError
+from ..io_utils import atomic_write
+from .methods import Stage
+
+USER_DIR = str(Path(__file__).resolve().parent.parent)
+_REPORT = re.compile(
+    r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x, total (\S+)x; "
+    r"mean exit layer: encoder (\S+), decoder (\S+)"
+)
+_TRANSLATED = re.compile(r"Translated (\S+) sentences .* \((\S+) sentences/s")
+
+
+@dataclass
+class Data:
+    """The binarized dataset and the options every run of the comparison shares."""
+
+    path: str
+    source_lang: str
+    target_lang: str
+    arch: str
+    model_options: List[str]  # dimensions, for every training stage
+    train_options: List[str]  # optimisation, batches, positions: every training stage
+    generate_options: List[str]  # beam, lengths, batches, positions, post-processing: every generation
+    device_options: List[str]  # --cpu, --fp16 ...
+
+    def common(self) -> List[str]:
+        return [
+            self.path,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "hashee_summarization",
+            "--source-lang",
+            self.source_lang,
+            "--target-lang",
+            self.target_lang,
+            *self.device_options,
+        ]
+
+
+def _last_error(log: Path) -> str:
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
+    for line in reversed(lines):
+        if line.startswith("error:") or "Error" in line:
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_tool(
+    module: str, args: Sequence[str], log: Path, what: str, stdout: Optional[Path] = None, threads: Optional[int] = None
+) -> None:
+    """Run ``python -m module args``; on failure one line naming the run, its error and its log."""
+    command = [sys.executable, "-m", module, *map(str, args)]
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log, "w", encoding="utf-8") as err:
+        out = open(stdout, "w", encoding="utf-8") if stdout else err
+        try:
+            proc = subprocess.run(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        finally:
+            if stdout:
+                out.close()
+    if proc.returncode != 0:
+        raise HashEEError(f"{what} failed: {_last_error(log)} (log: {log})")
+
+
+def _train_args(data: Data, save_dir: Path, start: Optional[Path], options: Sequence[str], updates: int) -> List[str]:
+    begin = [] if start is None else ["--finetune-from-model", start]
+    args = [*data.common(), "--arch", data.arch, *data.model_options, *begin, *options, "--max-update", updates]
+    args += ["--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", *data.train_options]
+    return [str(a) for a in args]
+
+
+def stage_finished(data: Data, save_dir: Path, start: Optional[Path], options: Sequence[str], updates: int) -> bool:
+    """Whether this very run (same command) finished before; another command there is refused."""
+    marker = save_dir / ".finished"
+    if not marker.exists() or not (save_dir / "checkpoint_best.pt").exists():
+        return False
+    if json.loads(marker.read_text(encoding="utf-8")) != _train_args(data, save_dir, start, options, updates):
+        raise HashEEError(
+            f"{save_dir}: trained with other options than this comparison's; use another --work-dir or delete it"
+        )
+    return True
+
+
+def train_stage(
+    data: Data,
+    save_dir: Path,
+    start: Optional[Path],
+    options: Sequence[str],
+    updates: int,
+    threads: Optional[int] = None,
+) -> Path:
+    """Train one stage into ``save_dir`` (kept when this run finished before); its best checkpoint."""
+    best = save_dir / "checkpoint_best.pt"
+    if stage_finished(data, save_dir, start, options, updates):
+        return best
+    save_dir.mkdir(parents=True, exist_ok=True)
+    args = _train_args(data, save_dir, start, options, updates)
+    run_tool("fairseq_cli.train", args, save_dir / "train.log", f"training {save_dir.name}", threads=threads)
+    if not best.exists():
+        raise HashEEError(f"training {save_dir.name} wrote no {best} (log: {save_dir / 'train.log'})")
+    save_json(save_dir / ".finished", args)
+    return best
+
+
+def train_stages(
+    data: Data,
+    work: Path,
+    stages: Sequence[Stage],
+    start: Path,
+    updates: Callable[[Stage], int],
+    jobs: int,
+    say: Callable[[str], None],
+) -> Dict[str, Path]:
+    """Train every stage once its start is trained, up to ``jobs`` at a time; each stage's best checkpoint.
+
+    On a CPU, runs side by side split its cores (OMP_NUM_THREADS): a small model's training does
+    not use a second core well, so two runs of one thread each finish sooner than one after the other.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 and "--cpu" in data.device_options else None
+    checkpoints: Dict[str, Path] = {"start": start}
+    waiting, running = list(stages), {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            for stage in [s for s in waiting if s.start in checkpoints][: jobs - len(running)]:
+                waiting.remove(stage)
+                save_dir = work / "train" / stage.name
+                number = len(stages) - len(waiting)
+                if stage_finished(data, save_dir, checkpoints[stage.start], stage.options, updates(stage)):
+                    say(f"== [{number}/{len(stages)}] train {stage.name}: kept {save_dir} (finished before)")
+                else:
+                    say(f"== [{number}/{len(stages)}] train {stage.name}: {updates(stage)} updates from {stage.start}")
+                job = pool.submit(
+                    train_stage, data, save_dir, checkpoints[stage.start], stage.options, updates(stage), threads
+                )
+                running[job] = (stage, time.perf_counter())
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for job in finished:
+                stage, began = running.pop(job)
+                checkpoints[stage.name] = job.result()
+                say(f"   {stage.name}: {checkpoints[stage.name]} ({time.perf_counter() - began:.0f} s)")
+    return checkpoints
+
+
+def read_report(log: Path) -> Dict[str, float]:
+    """The plugin's FLOPs report and fairseq-generate's throughput, from a generation log."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    report = _REPORT.search(text)
+    translated = _TRANSLATED.search(text)
+    if not report or not translated:
+        raise HashEEError(f"{log}: no speed-up report or throughput line; did fairseq-generate finish?")
+    sentences = float(translated.group(1).replace(",", ""))
+    per_second = float(translated.group(2))
+    keys = ("encoder_flops_x", "decoder_flops_x", "total_flops_x", "encoder_mean_exit", "decoder_mean_exit")
+    figures = dict(zip(keys, map(float, report.groups())))
+    figures["seconds"] = sentences / per_second if per_second else float("inf")
+    return figures
+
+
+def _run_generate(data: Data, checkpoint: Path, folder: Path, options: Sequence[str], what: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    args = [*data.common(), "--path", checkpoint, "--gen-subset", "test", *data.generate_options, *options]
+    run_tool("fairseq_cli.generate", args, folder / "generate.log", what, folder / "generate.out")
+
+
+def generate(data: Data, checkpoint: Path, out_dir: Path, options: Sequence[str]) -> Dict[str, object]:
+    """Summarize the test split: hypotheses and references in test order, the report's figures."""
+    _run_generate(data, checkpoint, out_dir, options, f"generating {out_dir.name}")
+    hypotheses: Dict[int, str] = {}
+    references: Dict[int, str] = {}
+    for line in (out_dir / "generate.out").read_text(encoding="utf-8").splitlines():
+        tag, _, rest = line.partition("-")
+        index, _, text = rest.partition("\t")
+        if tag == "D" and index.isdigit():
+            hypotheses[int(index)] = text.partition("\t")[2]  # D-id <tab> score <tab> text
+        elif tag == "T" and index.isdigit():
+            references[int(index)] = text
+    if not hypotheses:
+        raise HashEEError(f"generating {out_dir.name}: no hypotheses (log: {out_dir / 'generate.log'})")
+    order = sorted(hypotheses)
+    return {
+        "ids": order,
+        "hypotheses": [hypotheses[i] for i in order],
+        "references": [references.get(i, "") for i in order],
+        **read_report(out_dir / "generate.log"),
+    }
+
+
+def time_generation(data: Data, checkpoint: Path, out_dir: Path, options: Sequence[str]) -> float:
+    """Generate again (into ``out_dir/timing``) and return fairseq-generate's own timing: no loading."""
+    _run_generate(data, checkpoint, out_dir / "timing", options, f"timing {out_dir.name}")
+    return read_report(out_dir / "timing" / "generate.log")["seconds"]
+
+
+def load_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def save_json(path: Path, value) -> None:
+    with atomic_write(str(path)) as out:
+        json.dump(value, out, indent=1, ensure_ascii=False)
+        out.write("\n")

@@ -1,0 +1,139 @@
+"""hashee-compare end to end on the tests' tiny corpus: table, JSON, plot, resuming, refusals."""
+
+import json
+
+import pytest
+import torch
+from test_cli import MODEL, _one_error_line
+
+from helpers import run_cli
+
+pytestmark = pytest.mark.slow
+
+TINY = " ".join(map(str, MODEL))
+TRAIN = (
+    "--optimizer adam --lr 3e-3 --lr-scheduler inverse_sqrt --warmup-updates 5 --max-tokens 2048 --dropout 0 "
+    "--num-workers 0 --skip-invalid-size-inputs-valid-test"
+)
+GENERATE = "--beam 2 --max-len-b 12 --batch-size 16"
+METHODS = "full,static-half,hashee-encdec,calm,leco"
+ROWS = [
+    "full depth",
+    "static half depth",
+    "HashEE, encoder+decoder exits",
+    "CALM (softmax), threshold 0.5",
+    "LECO heads + agreement, patience 0",
+]
+
+
+def compare(data_bin, work, *extra, check=True):
+    return run_cli(
+        "fairseq_hashee.cli.compare",
+        data_bin,
+        "--work-dir",
+        work,
+        "--model-args",
+        TINY,
+        "--train-args",
+        TRAIN,
+        "--generate-args",
+        GENERATE,
+        "--cpu",
+        *extra,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def compared(data_bin, tmp_path_factory):
+    work = tmp_path_factory.mktemp("compare")
+    options = ["--methods", METHODS, "--base-updates", 8, "--max-update", 4, "--frozen-updates", 2]
+    options += ["--sweep", "calm=0.5", "--sweep", "leco=0", "--timing-rounds", 2, "--jobs", 2]
+    first = compare(data_bin, work, *options)
+    again = compare(data_bin, work, *options)
+    return work, first, again
+
+
+def test_one_row_per_method_and_knob_value(compared):
+    work, first, _ = compared
+    summary = json.loads((work / "compare.json").read_text())
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert list(rows) == ROWS
+    full, half = rows["full depth"], rows["static half depth"]
+    assert full["total_flops_x"] == 1.0 and full["wall_x"] == 1.0
+    assert half["encoder_flops_x"] == 2.0 and half["decoder_flops_x"] > 1.0  # 1 of 2 layers, cut from the base
+    assert rows["HashEE, encoder+decoder exits"]["encoder_mean_exit"] < 2.0
+    for row in rows.values():
+        assert len(row["seconds"]) == 2 and row["wall_x"] > 0  # two interleaved timing rounds
+        assert abs(row["efficiency"] - row["wall_x"] / row["total_flops_x"]) < 1e-9
+        assert 0 <= row["rouge1"] <= 100 and row["distinct"] >= 1
+        assert f"\n{row['label']:<40} {row['rouge1']:6.2f}" in first.stdout
+    # three test documents, each with the reference and every row's summary
+    assert first.stdout.count("-- test document") == 3
+    assert first.stdout.count("   reference ") == 3
+    assert (work / "compare.txt").read_text().startswith("method ")
+
+
+def test_the_frontier_plot_is_a_png(compared):
+    work, _, _ = compared
+    data = (work / "frontier.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_a_rerun_trains_and_generates_nothing_again(compared):
+    work, first, again = compared
+    assert first.stdout.count("finished before") == 0
+    # full, static-half, hashee-encdec, multi-exit, leco-search and leco (the base is in start.pt)
+    assert again.stdout.count("finished before") == 6
+    assert again.stdout.count("generated before") == len(ROWS)
+
+
+def test_methods_fine_tune_from_the_same_start(compared):
+    work, _, _ = compared
+    start = torch.load(work / "start.pt", map_location="cpu", weights_only=False)["model"]
+    assert not [key for key in start if key.endswith("exit_table")]
+    for stage in ("full", "static-half", "hashee-encdec", "multi-exit", "leco-search"):
+        log = (work / "train" / stage / "train.log").read_text()
+        assert f"'finetune_from_model': '{work / 'start.pt'}'" in log, stage
+    log = (work / "train" / "leco" / "train.log").read_text()
+    assert f"'finetune_from_model': '{work / 'train' / 'leco-search' / 'checkpoint_best.pt'}'" in log
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--methods", "full,medusa"], "--methods: unknown method 'medusa'"),
+        (["--sweep", "full=0.5"], "--sweep: full has no knob to sweep"),
+        (["--max-update", 0], "--max-update: must be at least 1"),
+        (
+            ["--model-args", "--encoder-layers 2 --no-such-option 3"],
+            "--model-args: --no-such-option 3 is not an option",
+        ),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(data_bin, tmp_path, options, message):
+    proc = compare(data_bin, tmp_path / "work", *options, check=False)
+    assert message in _one_error_line(proc)
+    assert not (tmp_path / "work" / "train").exists()
+
+
+def test_missing_data_is_refused_in_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    proc = compare(tmp_path / "data", tmp_path / "work", check=False)
+    assert f"{tmp_path / 'data'}: pass --source-lang/--target-lang (no test split found)" in _one_error_line(proc)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(compared, data_bin, tmp_path):
+    work, _, _ = compared
+    base = work / "train" / "base" / "checkpoint_best.pt"
+    deeper = compare(
+        data_bin, tmp_path / "w1", "--restore-file", base, "--model-args", TINY + " --encoder-layers 3", check=False
+    )
+    assert "is not the 3+2-layer model --arch hashee_bart_base" in _one_error_line(deeper)
+
+    state = torch.load(base, map_location="cpu", weights_only=False)
+    state["model"]["encoder.embed_token_types.weight"] = torch.zeros(2, 32)
+    torch.save(state, tmp_path / "cpt.pt")
+    cpt = compare(data_bin, tmp_path / "w2", "--restore-file", tmp_path / "cpt.pt", check=False)
+    assert "is a CPT checkpoint; --arch hashee_bart_base cannot load it" in _one_error_line(cpt)
+    assert not (tmp_path / "w1" / "train").exists() and not (tmp_path / "w2" / "train").exists()
