@@ -68,6 +68,14 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         "start",
         no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
     )
+
+    def learned_on_frozen(key: str, label: str, rule: str, criterion: str) -> Method:
+        """A rule whose parameters train on the frozen multi-exit backbone, swept over its threshold."""
+        stage = Stage(
+            key, "multi-exit", no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion), frozen=True
+        )
+        return Method(key, label, (multi_exit, stage), "--exit-threshold", ("0.7", "0.5", "0.3"))
+
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
     methods = [
@@ -92,36 +100,8 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             (Stage("hashee-encdec", "start", ("--decoder-exits",) + SMOOTHED),),
         ),
         Method("calm", "CALM (softmax)", (multi_exit,), "--exit-threshold", ("0.9", "0.8", "0.6")),
-        Method(
-            "dat",
-            "DAT (halting)",
-            (
-                multi_exit,
-                Stage(
-                    "dat",
-                    "multi-exit",
-                    no_encoder_exits + ("--decoder-exit-rule", "dat-halting", "--criterion", "dat_exit_classifier"),
-                    frozen=True,
-                ),
-            ),
-            "--exit-threshold",
-            ("0.7", "0.5", "0.3"),
-        ),
-        Method(
-            "consistentee",
-            "ConsistentEE",
-            (
-                multi_exit,
-                Stage(
-                    "consistentee",
-                    "multi-exit",
-                    no_encoder_exits + ("--decoder-exit-rule", "consistentee", "--criterion", "consistentee_policy"),
-                    frozen=True,
-                ),
-            ),
-            "--exit-threshold",
-            ("0.7", "0.5", "0.3"),
-        ),
+        learned_on_frozen("dat", "DAT (halting)", "dat-halting", "dat_exit_classifier"),
+        learned_on_frozen("consistentee", "ConsistentEE", "consistentee", "consistentee_policy"),
         Method(
             "leco",
             "LECO heads + agreement",
