@@ -7,7 +7,7 @@ projection come out several times smaller than fairseq's Transformer makes them,
 and measured on that corpus the decoder then learns to ignore the encoder: after
 400 updates the validation loss with every source swapped for another example's
 equals the loss with the right one (to 1e-6), while fairseq's Transformer
-initialisation on the same architecture already gains 0.24 bits per token from the
+initialisation on the same architecture already gains 0.24 nats per token from the
 source. ``--weight-init transformer`` gives a HashEE model that initialisation;
 restored checkpoints overwrite it either way.
 """
