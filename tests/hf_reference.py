@@ -37,16 +37,17 @@ def randomize(module, seed):
     return module.eval()
 
 
-def cpt_reference(seed=0, symbols=BERT_VOCAB, **decoder_options):
+def cpt_reference(seed=0, symbols=BERT_VOCAB, decoder_layers=DEC, **decoder_options):
     """A tiny random CPT: BERT and a BART decoder (``decoder_options``: BartConfig
-    options such as activation_function) sharing one word-embedding parameter."""
+    options such as activation_function) sharing one word-embedding parameter. As in
+    CPT, the understanding decoder (BERT's top layers) is as deep as the generation decoder."""
     vocab = len(symbols)
     bert = randomize(
         BertModel(
             BertConfig(
                 vocab_size=vocab,
                 hidden_size=DIM,
-                num_hidden_layers=SHARED + DEC,
+                num_hidden_layers=SHARED + decoder_layers,
                 num_attention_heads=HEADS,
                 intermediate_size=FFN,
                 max_position_embeddings=MAX_POS,
@@ -62,7 +63,7 @@ def cpt_reference(seed=0, symbols=BERT_VOCAB, **decoder_options):
             BartConfig(
                 vocab_size=vocab,
                 d_model=DIM,
-                decoder_layers=DEC,
+                decoder_layers=decoder_layers,
                 decoder_attention_heads=HEADS,
                 decoder_ffn_dim=FFN,
                 max_position_embeddings=MAX_POS,
@@ -85,7 +86,7 @@ def cpt_logits(bert, decoder, input_ids, attention_mask, decoder_input_ids):
         attention_mask=attention_mask,
         token_type_ids=torch.ones_like(input_ids),
         output_hidden_states=True,
-    ).hidden_states[-DEC - 1]
+    ).hidden_states[-decoder.config.decoder_layers - 1]
     out = decoder(
         input_ids=decoder_input_ids, encoder_hidden_states=hidden, encoder_attention_mask=attention_mask
     ).last_hidden_state
@@ -131,8 +132,8 @@ def save_cpt(bert, decoder, path, fmt="bin", symbols=BERT_VOCAB):
         "model_type": "cpt",
         "vocab_size": len(symbols),
         "d_model": DIM,
-        "encoder_layers": SHARED + DEC,
-        "decoder_layers": DEC,
+        "encoder_layers": bert.config.num_hidden_layers,
+        "decoder_layers": decoder.config.decoder_layers,
         "encoder_attention_heads": HEADS,
         "decoder_attention_heads": HEADS,
         "encoder_ffn_dim": FFN,

@@ -6,6 +6,7 @@ converted dictionary -> fairseq-train --restore-file with frequency tables ->
 fairseq-generate.
 """
 
+import json
 import random
 import re
 import subprocess
@@ -70,26 +71,25 @@ def _chinese_pairs(n, seed):
     return pairs
 
 
-@pytest.fixture(scope="module")
-def converted_cpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cpt")
+def _convert(root, decoder_layers):
     chars = sorted(set("".join(PHRASES) + "。"))
     symbols = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
-    bert, decoder = cpt_reference(seed=0, symbols=symbols)
+    bert, decoder = cpt_reference(seed=0, symbols=symbols, decoder_layers=decoder_layers)
     hf_dir = save_cpt(bert, decoder, root / "hf", symbols=symbols)
     proc = run_cli("fairseq_hashee.cli.convert", hf_dir, "-o", root / "converted")
     return root, hf_dir, proc.stdout
 
 
-def test_converter_reports_what_it_dropped(converted_cpt):
-    _, _, stdout = converted_cpt
-    assert "CPT checkpoint ->" in stdout
-    assert "understanding decoder (not used for generation)" in stdout
-    assert "--arch hashee_cpt_base --encoder-layers 2 --decoder-layers 1" in stdout
+@pytest.fixture(scope="module")
+def converted_cpt(tmp_path_factory):
+    return _convert(tmp_path_factory.mktemp("cpt"), DEC)
 
 
-def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
-    root, hf_dir, stdout = converted_cpt
+@pytest.fixture(scope="module")
+def chinese_data(converted_cpt):
+    """Random documents of our phrases, WordPiece-encoded with the checkpoint's vocab.txt and
+    binarized with its converted dictionary (every converted CPT here has the same symbols)."""
+    root, hf_dir, _ = converted_cpt
     text = root / "text"
     text.mkdir()
     splits = {"train": _chinese_pairs(64, 0), "valid": _chinese_pairs(8, 1), "test": _chinese_pairs(8, 2)}
@@ -135,7 +135,19 @@ def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
         "--workers",
         1,
     )
+    return data_bin
 
+
+def test_converter_reports_what_it_dropped(converted_cpt):
+    _, _, stdout = converted_cpt
+    assert "CPT checkpoint ->" in stdout
+    assert "understanding decoder (not used for generation)" in stdout
+    assert "--arch hashee_cpt_base --encoder-layers 2 --decoder-layers 1" in stdout
+
+
+def test_converted_cpt_fine_tunes_and_generates(converted_cpt, chinese_data):
+    root, _, stdout = converted_cpt
+    data_bin = chinese_data
     options = re.search(r"--arch (.*?) --restore-file", stdout).group(1).split()
     save_dir = root / "ft"
     proc = run_cli(
@@ -222,3 +234,54 @@ def test_converted_cpt_fine_tunes_and_generates(converted_cpt):
     hypotheses = [line.split("\t")[2] for line in gen.stdout.splitlines() if line.startswith("H-")]
     assert len(hypotheses) == 8 and all(h.strip() for h in hypotheses)
     assert "HashEE generation speed-up" in gen.stderr
+
+
+def test_consistentee_and_leco_fine_tune_from_a_converted_cpt(chinese_data, tmp_path):
+    """The comparison's path for the two learned-exit methods from a released-style checkpoint:
+    a converted CPT with a 2-layer decoder (with one, neither method has a layer to exit at)."""
+    _, _, stdout = _convert(tmp_path, decoder_layers=2)
+    model_args = re.search(r"--arch hashee_cpt_base (.*?) --restore-file", stdout).group(1)
+    work = tmp_path / "compare"
+    proc = run_cli(
+        "fairseq_hashee.cli.compare",
+        chinese_data,
+        "--work-dir",
+        work,
+        "--arch",
+        "hashee_cpt_base",
+        "--model-args",
+        model_args,
+        "--restore-file",
+        tmp_path / "converted" / "model.pt",
+        "--methods",
+        "consistentee,leco",
+        "--sweep",
+        "consistentee=0.5",
+        "--max-update",
+        4,
+        "--frozen-updates",
+        2,
+        "--jobs",
+        2,
+        "--train-args",
+        "--optimizer adam --lr 1e-3 --max-tokens 2048 --dropout 0 --num-workers 0",
+        "--generate-args",
+        "--beam 2 --max-len-b 20 --batch-size 8",
+        "--lang",
+        "zh",
+        "--cpu",
+    )
+    assert "every method starts from" in proc.stdout and "2+2 layers" in proc.stdout
+    summary = json.loads((work / "compare.json").read_text())
+    labels = [row["label"] for row in summary["rows"]]
+    assert labels == ["full depth", "ConsistentEE, alpha 0.5", "LECO heads + agreement, patience 0"]
+    assert summary["test_documents"] == 8
+    for stage in ("full", "multi-exit", "leco-search"):
+        log = (work / "train" / stage / "train.log").read_text()
+        assert f"'finetune_from_model': '{work / 'start.pt'}'" in log, stage
+    policy = (work / "train" / "consistentee-0.5" / "train.log").read_text()
+    assert "'consistentee_alpha': 0.5" in policy and "arch='hashee_cpt_base'" in policy
+    leco = torch.load(work / "train" / "leco" / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    assert "decoder.exit_heads.choice" in leco["model"]
+    for row in summary["rows"]:
+        assert row["distinct"] >= 1 and 0 <= row["rouge1"] <= 100

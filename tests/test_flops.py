@@ -74,6 +74,14 @@ def test_no_exits_means_no_speedup():
     assert report["enc_mean_exit"] == report["dec_mean_exit"] == model.encoder.num_layers
 
 
+def test_the_report_line_reads_back():
+    """Tools that read generation logs (hashee-compare) parse what the task logs."""
+    report = dict(enc_speedup=2.274, dec_speedup=1.0, total_speedup=1.178, enc_mean_exit=1.5, dec_mean_exit=4.0)
+    line = "2026-11-30 | INFO | HashEE generation " + flops.format_report(report) + "\n"
+    assert flops.parse_report("noise\n" + line) == dict(report, enc_speedup=2.27, total_speedup=1.18)
+    assert flops.parse_report("no report here") is None
+
+
 def test_hand_computed_encoder_flops():
     shape = flops.StackShape(layers=2, embed_dim=4, ffn_dim=8)
     exits = torch.tensor([[0, 1, 2]])  # one pad, two tokens exiting at 1 and 2

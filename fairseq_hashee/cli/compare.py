@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..checkpoints import load_checkpoint
 from ..compare import methods as method_lib
 from ..compare import report
-from ..compare.runs import Data, generate, load_json, save_json, time_generation, train_stages
-from ..compare.start import describe_start, stack_depths, starting_checkpoint
+from ..compare.runs import Data, generate, load_json, read_generate_out, save_json, time_generation, train_stages
+from ..compare.start import stack_depths, starting_checkpoint
 from ..errors import HashEEError, install_one_line_errors
 from ..io_utils import atomic_write
 from .rouge import rouge
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="METHOD=V1,V2",
-        help="values of a method's knob (threshold, patience) instead of its defaults",
+        help="values of a method's knob (threshold, patience, ConsistentEE's alpha) instead of its defaults",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="training runs side by side (on CPU each gets cores/jobs threads)"
@@ -140,7 +141,8 @@ def main(argv=None):
     )
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    encoder_layers, decoder_layers = stack_depths(args.arch, data.model_options, args.restore_file)
+    restored = load_checkpoint(args.restore_file) if args.restore_file else None
+    encoder_layers, decoder_layers = stack_depths(args.arch, data.model_options, args.restore_file, restored)
     available = method_lib.build_methods(encoder_layers, decoder_layers)
     chosen = method_lib.select_methods(available, [k.strip() for k in args.methods.split(",") if k.strip()])
     sweeps = _sweeps(args.sweep)
@@ -148,11 +150,12 @@ def main(argv=None):
         if key not in [m.key for m in chosen]:
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
-    stages = list(dict.fromkeys(stage for m in chosen for stage in m.stages))
+    stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
 
     _say(f"== hashee-compare: {len(chosen)} methods, {len(stages)} training runs, {len(points)} rows; {work}")
-    start = starting_checkpoint(args, data, work, encoder_layers, _say)
-    _say(f"   every method starts from {describe_start(start)}")
+    start, description = starting_checkpoint(args, data, work, encoder_layers, restored, _say)
+    del restored  # a large model's weights need not stay in memory while the methods train
+    _say(f"   every method starts from {description}")
     checkpoints = train_stages(
         data, work, stages, start, lambda s: args.frozen_updates if s.frozen else args.max_update, args.jobs, _say
     )
@@ -173,7 +176,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
     for number, point in enumerate(points, start=1):
         _say(f"== [{number}/{len(points)}] generate {point.label}")
         folder = work / "generate" / point.name.replace("@", "-")
-        checkpoint = checkpoints[point.method.stages[-1].name]
+        checkpoint = checkpoints[point.stages[-1].name]
         settings = {"checkpoint": str(checkpoint), "options": point.generate_options, "generate": data.generate_options}
         cached = load_json(folder / "result.json")
         if cached is not None and cached["settings"] == settings:
@@ -199,7 +202,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
     for round_number in range(2, args.timing_rounds + 1):
         _say(f"== timing round {round_number}/{args.timing_rounds}")
         for point, row in zip(points, rows):
-            checkpoint = checkpoints[point.method.stages[-1].name]
+            checkpoint = checkpoints[point.stages[-1].name]
             folder = work / "generate" / point.name.replace("@", "-")
             row["seconds"].append(time_generation(data, checkpoint, folder, point.generate_options))
     return rows
@@ -207,7 +210,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
 
 def _write_report(args, data: Data, work: Path, rows: List[dict], model: str) -> None:
     """Print the table and the examples; write compare.json, compare.txt and the plot."""
-    documents = _documents(work / "generate" / "full" / "generate.out")
+    documents = read_generate_out(work / "generate" / "full" / "generate.out")["S"]
     text = report.table(rows)
     examples = report.side_by_side(rows, documents, args.examples)
     distinct = ", ".join(f"{row['label']} {row['distinct']}/{len(row['hypotheses'])}" for row in rows)
@@ -251,16 +254,6 @@ def _references(path: str, test_prefix: Path) -> List[str]:
     if len(lines) != examples:
         raise HashEEError(f"--references: {path} has {len(lines)} lines, the test split {examples} examples")
     return lines
-
-
-def _documents(generate_out: Path) -> Dict[int, str]:
-    documents = {}
-    for line in generate_out.read_text(encoding="utf-8").splitlines():
-        tag, _, rest = line.partition("-")
-        index, _, text = rest.partition("\t")
-        if tag == "S" and index.isdigit():
-            documents[int(index)] = text
-    return documents
 
 
 if __name__ == "__main__":

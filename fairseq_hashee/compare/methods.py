@@ -9,7 +9,7 @@ ConsistentEE) or need an architecture search first (LECO) add a stage of
 ConsistentEE share the multi-exit backbone, as docs/exit-methods.md trains it.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import HashEEError
@@ -34,8 +34,11 @@ class Method:
     key: str
     label: str
     stages: Tuple[Stage, ...]  # the last one's checkpoint generates
-    knob: Optional[str] = None  # the fairseq-generate option swept, e.g. --exit-threshold
+    knob: Optional[str] = None  # the option swept, e.g. --exit-threshold
     sweep: Tuple[str, ...] = ()
+    # A knob of the last stage's training (e.g. ConsistentEE's reward weight): each value trains its
+    # own copy of that stage; otherwise the knob is a fairseq-generate option of one trained model.
+    trained_knob: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,20 @@ class Point:
     def label(self) -> str:
         if self.value is None:
             return self.method.label
-        return f"{self.method.label}, {self.method.knob.lstrip('-').replace('exit-', '')} {self.value}"
+        return f"{self.method.label}, {self.method.knob.rsplit('-', 1)[-1]} {self.value}"
+
+    @property
+    def stages(self) -> Tuple[Stage, ...]:
+        """The training runs behind this row; the last one's checkpoint generates it."""
+        if self.value is None or not self.method.trained_knob:
+            return self.method.stages
+        last = self.method.stages[-1]
+        knobbed = replace(last, name=f"{last.name}-{self.value}", options=last.options + (self.method.knob, self.value))
+        return self.method.stages[:-1] + (knobbed,)
 
     @property
     def generate_options(self) -> List[str]:
-        return [] if self.value is None else [self.method.knob, self.value]
+        return [] if self.value is None or self.method.trained_knob else [self.method.knob, self.value]
 
 
 def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]:
@@ -69,12 +81,14 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
     )
 
-    def learned_on_frozen(key: str, label: str, rule: str, criterion: str) -> Method:
-        """A rule whose parameters train on the frozen multi-exit backbone, swept over its threshold."""
+    def learned_on_frozen(key: str, label: str, rule: str, criterion: str, **knob) -> Method:
+        """A rule whose parameters train on the frozen multi-exit backbone, swept over its threshold
+        unless ``knob`` names another."""
         stage = Stage(
             key, "multi-exit", no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion), frozen=True
         )
-        return Method(key, label, (multi_exit, stage), "--exit-threshold", ("0.7", "0.5", "0.3"))
+        knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"))
+        return Method(key, label, (multi_exit, stage), **knob)
 
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
@@ -101,7 +115,17 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         ),
         Method("calm", "CALM (softmax)", (multi_exit,), "--exit-threshold", ("0.9", "0.8", "0.6")),
         learned_on_frozen("dat", "DAT (halting)", "dat-halting", "dat_exit_classifier"),
-        learned_on_frozen("consistentee", "ConsistentEE", "consistentee", "consistentee_policy"),
+        # The policies' exits are set by the reward's depth cost, not by the threshold: with the
+        # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md).
+        learned_on_frozen(
+            "consistentee",
+            "ConsistentEE",
+            "consistentee",
+            "consistentee_policy",
+            knob="--consistentee-alpha",
+            sweep=("0.05", "0.2", "0.5"),
+            trained_knob=True,
+        ),
         Method(
             "leco",
             "LECO heads + agreement",

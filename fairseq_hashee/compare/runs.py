@@ -20,12 +20,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import HashEEError
 from ..io_utils import atomic_write
+from ..modules import flops
 from .methods import Stage
 
 USER_DIR = str(Path(__file__).resolve().parent.parent)
-_REPORT = re.compile(
-    r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x, total (\S+)x; "
-    r"mean exit layer: encoder (\S+), decoder (\S+)"
+# The plugin's report under the names the comparison's rows carry.
+_ROW_KEYS = dict(
+    zip(
+        flops.REPORT_KEYS,
+        ("encoder_flops_x", "decoder_flops_x", "total_flops_x", "encoder_mean_exit", "decoder_mean_exit"),
+    )
 )
 _TRANSLATED = re.compile(r"Translated (\S+) sentences .* \((\S+) sentences/s")
 
@@ -165,14 +169,13 @@ def train_stages(
 def read_report(log: Path) -> Dict[str, float]:
     """The plugin's FLOPs report and fairseq-generate's throughput, from a generation log."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    report = _REPORT.search(text)
+    report = flops.parse_report(text)
     translated = _TRANSLATED.search(text)
     if not report or not translated:
         raise HashEEError(f"{log}: no speed-up report or throughput line; did fairseq-generate finish?")
     sentences = float(translated.group(1).replace(",", ""))
     per_second = float(translated.group(2))
-    keys = ("encoder_flops_x", "decoder_flops_x", "total_flops_x", "encoder_mean_exit", "decoder_mean_exit")
-    figures = dict(zip(keys, map(float, report.groups())))
+    figures = {_ROW_KEYS[key]: value for key, value in report.items()}
     figures["seconds"] = sentences / per_second if per_second else float("inf")
     return figures
 
@@ -183,18 +186,24 @@ def _run_generate(data: Data, checkpoint: Path, folder: Path, options: Sequence[
     run_tool("fairseq_cli.generate", args, folder / "generate.log", what, folder / "generate.out")
 
 
+def read_generate_out(path: Path) -> Dict[str, Dict[int, str]]:
+    """fairseq-generate's output by line kind: ``S`` sources, ``T`` targets, ``D`` detokenized
+    hypotheses (the best of each beam), each by sample id."""
+    lines: Dict[str, Dict[int, str]] = {"S": {}, "T": {}, "D": {}}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        tag, _, rest = line.partition("-")
+        index, _, text = rest.partition("\t")
+        if tag in lines and index.isdigit():
+            # D-id <tab> score <tab> text; S and T lines have no score
+            lines[tag][int(index)] = text.partition("\t")[2] if tag == "D" else text
+    return lines
+
+
 def generate(data: Data, checkpoint: Path, out_dir: Path, options: Sequence[str]) -> Dict[str, object]:
     """Summarize the test split: hypotheses and references in test order, the report's figures."""
     _run_generate(data, checkpoint, out_dir, options, f"generating {out_dir.name}")
-    hypotheses: Dict[int, str] = {}
-    references: Dict[int, str] = {}
-    for line in (out_dir / "generate.out").read_text(encoding="utf-8").splitlines():
-        tag, _, rest = line.partition("-")
-        index, _, text = rest.partition("\t")
-        if tag == "D" and index.isdigit():
-            hypotheses[int(index)] = text.partition("\t")[2]  # D-id <tab> score <tab> text
-        elif tag == "T" and index.isdigit():
-            references[int(index)] = text
+    lines = read_generate_out(out_dir / "generate.out")
+    hypotheses, references = lines["D"], lines["T"]
     if not hypotheses:
         raise HashEEError(f"generating {out_dir.name}: no hypotheses (log: {out_dir / 'generate.log'})")
     order = sorted(hypotheses)

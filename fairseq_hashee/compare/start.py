@@ -42,11 +42,14 @@ def _model_depths(arch: str, model_options: Sequence[str]) -> Tuple[int, int]:
     return parsed.encoder_layers, parsed.decoder_layers
 
 
-def stack_depths(arch: str, model_options: Sequence[str], restore_file: Optional[str]) -> Tuple[int, int]:
-    """Encoder and decoder layers of the compared model; a restored checkpoint must have them."""
+def stack_depths(
+    arch: str, model_options: Sequence[str], restore_file: Optional[str], restored: Optional[dict]
+) -> Tuple[int, int]:
+    """Encoder and decoder layers of the compared model; ``restored`` (the checkpoint loaded from
+    ``restore_file``) must have them."""
     depths = _model_depths(arch, model_options)
-    if restore_file:
-        state = load_checkpoint(restore_file)["model"]
+    if restored is not None:
+        state = restored["model"]
         if "encoder.layers.0.fc1.weight" not in state or "decoder.layers.0.encoder_attn.k_proj.weight" not in state:
             raise HashEEError(
                 f"--restore-file: {restore_file} is not a BART or CPT checkpoint (no encoder/decoder layers)"
@@ -64,39 +67,37 @@ def stack_depths(arch: str, model_options: Sequence[str], restore_file: Optional
     return depths
 
 
-def _check_dictionary(checkpoint: str, state: dict, data: Data) -> None:
-    rows = state["model"]["encoder.embed_tokens.weight"].size(0)
-    dictionary = Path(data.path) / f"dict.{data.source_lang}.txt"
-    size = len(Dictionary.load(str(dictionary)))
-    if rows != size:
-        raise HashEEError(
-            f"--restore-file: {checkpoint} has {rows} embeddings but {dictionary} has {size} symbols; "
-            "binarize the data with the checkpoint's dictionary (fairseq-preprocess --srcdict)"
-        )
+def _check_dictionaries(checkpoint: str, state: dict, data: Data) -> None:
+    for side, lang in (("encoder", data.source_lang), ("decoder", data.target_lang)):
+        rows = state["model"][f"{side}.embed_tokens.weight"].size(0)
+        dictionary = Path(data.path) / f"dict.{lang}.txt"
+        size = len(Dictionary.load(str(dictionary)))
+        if rows != size:
+            raise HashEEError(
+                f"--restore-file: {checkpoint} has {rows} {side} embeddings but {dictionary} has {size} symbols; "
+                "binarize the data with the checkpoint's dictionary (fairseq-preprocess --srcdict/--tgtdict)"
+            )
 
 
-def starting_checkpoint(args, data: Data, work: Path, encoder_layers: int, say: Callable[[str], None]) -> Path:
-    """WORK/start.pt: ``--restore-file``, or a full-depth model trained here, without exit tables."""
+def starting_checkpoint(
+    args, data: Data, work: Path, encoder_layers: int, restored: Optional[dict], say: Callable[[str], None]
+) -> Tuple[Path, str]:
+    """WORK/start.pt (``restored``, the loaded ``--restore-file``, or a full-depth model trained
+    here, without exit tables) and a description of it; every checkpoint is read once."""
     start = work / "start.pt"
     if start.exists():
-        return start
-    if args.restore_file:
-        source = args.restore_file
+        state = load_checkpoint(str(start))
     else:
-        updates = args.base_updates or args.max_update
-        say(f"== [base] train the full-depth model every method starts from: {updates} updates from scratch")
-        source = str(
-            train_stage(
-                data, work / "train" / "base", None, ("--encoder-exit-layers", str(encoder_layers)) + SMOOTHED, updates
-            )
-        )
-    state = load_checkpoint(source)
-    _check_dictionary(source, state, data)
-    state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("exit_table")}
-    with atomic_write(str(start), binary=True) as out:
-        torch.save(state, out)
-    return start
-
-
-def describe_start(start: Path) -> str:
-    return f"{start} ({describe_shape(load_checkpoint(str(start))['model'])})"
+        if restored is not None:
+            source, state = args.restore_file, restored
+        else:
+            updates = args.base_updates or args.max_update
+            say(f"== [base] train the full-depth model every method starts from: {updates} updates from scratch")
+            no_exits = ("--encoder-exit-layers", str(encoder_layers))
+            source = str(train_stage(data, work / "train" / "base", None, no_exits + SMOOTHED, updates))
+            state = load_checkpoint(source)
+        _check_dictionaries(source, state, data)
+        state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("exit_table")}
+        with atomic_write(str(start), binary=True) as out:
+            torch.save(state, out)
+    return start, f"{start} ({describe_shape(state['model'])})"

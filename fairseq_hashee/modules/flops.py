@@ -15,6 +15,7 @@ report from their totals.
 """
 
 import contextlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Optional
@@ -136,12 +137,24 @@ def speedup_report(sums: Dict[str, float]) -> Dict[str, float]:
     return report
 
 
+REPORT_KEYS = ("enc_speedup", "dec_speedup", "total_speedup", "enc_mean_exit", "dec_mean_exit")
+_REPORT_LINE = re.compile(
+    r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x, total (\S+)x; mean exit layer: encoder (\S+), decoder (\S+)"
+)
+
+
 def format_report(report: Dict[str, float]) -> str:
     return (
         f"speed-up (FLOPs): encoder {report['enc_speedup']:.2f}x, "
         f"decoder {report['dec_speedup']:.2f}x, total {report['total_speedup']:.2f}x; "
         f"mean exit layer: encoder {report['enc_mean_exit']:.2f}, decoder {report['dec_mean_exit']:.2f}"
     )
+
+
+def parse_report(text: str) -> Optional[Dict[str, float]]:
+    """The figures of the first ``format_report`` line in ``text`` (e.g. a fairseq-generate log), or None."""
+    found = _REPORT_LINE.search(text)
+    return None if found is None else dict(zip(REPORT_KEYS, map(float, found.groups())))
 
 
 @contextlib.contextmanager
