@@ -220,3 +220,38 @@ def test_counted_flops_include_the_rule_and_are_executed(rule):
                 )
         assert executed == meter.spent("decoder")
     assert any(int(e) < LAYERS for e in decided[:-1]), "the rule should exit some positions"
+
+
+def test_a_layer_first_reached_after_a_sentence_finished_reads_its_own_source():
+    """As fairseq's beam search runs BART: beamable attention, so ``encoder_out`` keeps the
+    first step's sentences while finished ones leave the state. The rule exits everything
+    at layer 1 until a sentence has left, then nothing: the upper layers get their first
+    queries only then, and must still attend to each hypothesis's own source."""
+    model = _model("softmax").eval()
+    rule, dictionary = model.decoder.exit_rule, model.decoder.dictionary
+    gen = torch.Generator().manual_seed(3)
+    bsz, beam, steps, finished_at = 3, 2, 7, 3
+    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10)
+    model.set_beam_size(beam)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen)
+    tokens[:, 0] = dictionary.eos()
+    sentence = torch.arange(bsz).repeat_interleave(beam)  # of each live hypothesis
+    decided = torch.zeros(bsz * beam, steps, dtype=torch.long)
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths)  # never reordered, as under BARTModel.set_beam_size
+        state = {}
+        for step in range(steps):
+            if step == finished_at:  # sentence 0 finished: its hypotheses leave, the others are reordered
+                order = torch.tensor([3, 2, 4, 4])
+                model.decoder.reorder_incremental_state_scripting(state, order)
+                tokens, decided, sentence = tokens[order], decided[order], sentence[order]
+            rule.set_threshold(0.0 if step < finished_at else 1.0)  # always fires, then never
+            out, extra = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
+            decided[:, step] = extra["exits"][:, 0]
+            model.set_beam_size(1)
+            with _replaying(model.decoder, decided):
+                own_sources = model.encoder(src[sentence], src_lengths[sentence])
+                forced = model.decoder(tokens[:, : step + 1], encoder_out=own_sources)[0]
+            model.set_beam_size(beam)
+            assert (out[:, 0] - forced[:, step]).abs().max() < 1e-5, step
+    assert (decided[:, :finished_at] == 1).all() and (decided[:, finished_at:] == LAYERS).all()

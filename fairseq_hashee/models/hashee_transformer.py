@@ -258,6 +258,8 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             enc_padding_mask = encoder_out["encoder_padding_mask"][0]
 
         x, tokens = self._embed_new_positions(prev_output_tokens, incremental_state)
+        if incremental_state is not None and enc is not None and prev_output_tokens.size(1) == tokens.size(1):
+            kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
         planner = self.plan(self.token_exits(tokens))
         inputs = LayerInputs(

@@ -13,7 +13,7 @@ them and fairseq's ``reorder_incremental_state`` reorders them for beam search:
   until a step needs keys (one product for all of them), and never happens
   if none does.
 - cross-attention: ``prev_key``/``prev_value`` of the encoder output,
-  projected once per generation; with fairseq's beamable attention one row
+  projected once per generation, at its first step; with fairseq's beamable attention one row
   per sentence instead of one per hypothesis.
 
 Reorder contract: fairseq reorders a self-attention buffer by selecting along
@@ -123,7 +123,7 @@ def cross_attention_kv(
     """Keys and values of the encoder output (T, B, C) for cross-attention.
 
     Teacher-forced they are projected per call; incrementally, once per
-    generation and kept. With fairseq's beamable attention (``set_beam_size``)
+    generation (at its first step, ``project_sources``) and kept. With fairseq's beamable attention (``set_beam_size``)
     one row per sentence is kept, as stock BART does; ``source_rows`` maps a
     decoder row to its row here.
     """
@@ -142,6 +142,27 @@ def cross_attention_kv(
         buffer[PREV_KEY_PADDING_MASK] = encoder_padding_mask
         attn._set_input_buffer(incremental_state, buffer)
     return buffer[PREV_KEY], buffer[PREV_VALUE], buffer.get(PREV_KEY_PADDING_MASK)
+
+
+def project_sources(
+    layers,
+    encoder_out: Tensor,
+    encoder_padding_mask: Optional[Tensor],
+    incremental_state: IncrementalState,
+    num_rows: int,
+) -> None:
+    """Every layer's cross-attention keys and values, at the first step of a generation.
+
+    Not when a layer first has a query: with beamable attention fairseq's BART
+    stops reordering ``encoder_out`` (``BARTModel.set_beam_size``), so once a
+    sentence has finished it no longer lines up with the live hypotheses, while
+    the caches made at the first step are reordered with the rest of the state.
+    A layer whose positions all exit below it until then would otherwise attend
+    to another sentence's source. Stock BART projects them all at the first step too.
+    """
+    for layer in layers:
+        if layer.encoder_attn is not None:
+            cross_attention_kv(layer.encoder_attn, encoder_out, encoder_padding_mask, incremental_state, num_rows)
 
 
 def source_rows(rows: Tensor, num_rows: int, num_source_rows: int) -> Tensor:
