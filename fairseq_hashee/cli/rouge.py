@@ -27,6 +27,9 @@ from rouge_score import tokenize as rouge_tokenize
 from ..io_utils import atomic_write
 from ..tokenization.wordpiece import basic_words
 
+# rouge-score logs "Using default tokenizer." (absl, INFO) for every English scorer it builds.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
