@@ -179,7 +179,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
         checkpoint = checkpoints[point.stages[-1].name]
         settings = {"checkpoint": str(checkpoint), "options": point.generate_options, "generate": data.generate_options}
         cached = load_json(folder / "result.json")
-        if cached is not None and cached["settings"] == settings:
+        if cached is not None and cached["settings"] == settings and "tokens" in cached:
             _say(f"   kept {folder} (generated before)")
         else:
             cached = generate(data, checkpoint, folder, point.generate_options)

@@ -4,7 +4,10 @@ A row is one method at one value of its knob. ROUGE is computed on the whole
 test split; FLOPs speed-ups are the plugin's own report; ``wall x`` is the
 full-depth model's generation time over the row's, measured by fairseq-generate's
 own timer (model loading excluded) in the same comparison run, the median over
-``--timing-rounds`` interleaved rounds; ``eff.`` is wall x over FLOPs x.
+``--timing-rounds`` interleaved rounds. ``tok x`` is the same per generated
+token (the row's tokens per second over full depth's): summaries of another
+length take another time at the same speed, and FLOPs speed-ups are per token
+too, so ``eff.`` is tok x over total FLOPs x.
 """
 
 import logging
@@ -15,29 +18,42 @@ from typing import Dict, List
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 
-HEADER = (
-    f"{'method':<40} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'enc x':>6} {'dec x':>6} "
-    f"{'total x':>8} {'wall x':>7} {'eff.':>5}"
+NOTE = (
+    "(enc/dec/total x: FLOPs speed-up; wall x: wall-clock speed-up of generating the test split over full depth;\n"
+    " tok x: the same per generated token; eff. = tok x / total x)"
 )
-NOTE = "(enc/dec/total x: FLOPs speed-up; wall x: generation wall-clock speed-up over full depth; eff. = wall/total)"
 
 
 def wall_speedups(rows: List[dict]) -> None:
-    """Set each row's ``wall_x``: per timing round, full depth's seconds over the row's; the median."""
-    reference = rows[0]["seconds"]
+    """Set each row's ``wall_x`` (per timing round, full depth's seconds over the row's; the median),
+    ``token_x`` (the same in tokens per second) and ``efficiency``."""
+    full = rows[0]
     for row in rows:
-        ratios = [full / mine for full, mine in zip(reference, row["seconds"]) if mine > 0]
+        ratios = [reference / mine for reference, mine in zip(full["seconds"], row["seconds"]) if mine > 0]
         row["wall_x"] = statistics.median(ratios) if ratios else float("nan")
-        row["efficiency"] = row["wall_x"] / row["total_flops_x"] if row["total_flops_x"] else float("nan")
+        row["token_x"] = row["wall_x"] * row["tokens"] / full["tokens"] if full["tokens"] else float("nan")
+        row["efficiency"] = row["token_x"] / row["total_flops_x"] if row["total_flops_x"] else float("nan")
+
+
+def _label_width(rows: List[dict]) -> int:
+    return max([40] + [len(row["label"]) for row in rows])
+
+
+def header(width: int = 40) -> str:
+    return (
+        f"{'method':<{width}} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'enc x':>6} {'dec x':>6} "
+        f"{'total x':>8} {'wall x':>7} {'tok x':>6} {'eff.':>5}"
+    )
 
 
 def table(rows: List[dict]) -> str:
-    lines = [HEADER]
+    width = _label_width(rows)
+    lines = [header(width)]
     for row in rows:
         lines.append(
-            f"{row['label']:<40} {row['rouge1']:6.2f} {row['rouge2']:6.2f} {row['rougeL']:6.2f} "
+            f"{row['label']:<{width}} {row['rouge1']:6.2f} {row['rouge2']:6.2f} {row['rougeL']:6.2f} "
             f"{row['encoder_flops_x']:5.2f}x {row['decoder_flops_x']:5.2f}x {row['total_flops_x']:7.2f}x "
-            f"{row['wall_x']:6.2f}x {row['efficiency']:5.2f}"
+            f"{row['wall_x']:6.2f}x {row['token_x']:5.2f}x {row['efficiency']:5.2f}"
         )
     return "\n".join(lines + [NOTE])
 
@@ -45,13 +61,14 @@ def table(rows: List[dict]) -> str:
 def side_by_side(rows: List[dict], documents: Dict[int, str], count: int = 3, width: int = 100) -> str:
     """The first ``count`` test documents (by id, not chosen), with the reference and every row's summary."""
     ids = rows[0]["ids"][:count]
+    label_width = _label_width(rows)
     blocks = []
     for index in ids:
         lines = [f"-- test document {index}: " + textwrap.shorten(documents.get(index, ""), width, placeholder=" ...")]
-        lines.append(f"   {'reference':<40} {rows[0]['references'][rows[0]['ids'].index(index)]}")
+        lines.append(f"   {'reference':<{label_width}} {rows[0]['references'][rows[0]['ids'].index(index)]}")
         for row in rows:
             if index in row["ids"]:
-                lines.append(f"   {row['label']:<40} {row['hypotheses'][row['ids'].index(index)]}")
+                lines.append(f"   {row['label']:<{label_width}} {row['hypotheses'][row['ids'].index(index)]}")
         blocks.append("\n".join(lines))
     return "\n".join(blocks)
 

@@ -31,7 +31,7 @@ _ROW_KEYS = dict(
         ("encoder_flops_x", "decoder_flops_x", "total_flops_x", "encoder_mean_exit", "decoder_mean_exit"),
     )
 )
-_TRANSLATED = re.compile(r"Translated (\S+) sentences .* \((\S+) sentences/s")
+_TRANSLATED = re.compile(r"Translated (\S+) sentences \((\S+) tokens\) in .* \((\S+) sentences/s")
 
 
 @dataclass
@@ -167,16 +167,17 @@ def train_stages(
 
 
 def read_report(log: Path) -> Dict[str, float]:
-    """The plugin's FLOPs report and fairseq-generate's throughput, from a generation log."""
+    """The plugin's FLOPs report and fairseq-generate's throughput (seconds, tokens generated),
+    from a generation log."""
     text = log.read_text(encoding="utf-8", errors="replace")
     report = flops.parse_report(text)
     translated = _TRANSLATED.search(text)
     if not report or not translated:
         raise HashEEError(f"{log}: no speed-up report or throughput line; did fairseq-generate finish?")
-    sentences = float(translated.group(1).replace(",", ""))
-    per_second = float(translated.group(2))
+    sentences, tokens, per_second = (float(group.replace(",", "")) for group in translated.groups())
     figures = {_ROW_KEYS[key]: value for key, value in report.items()}
     figures["seconds"] = sentences / per_second if per_second else float("inf")
+    figures["tokens"] = int(tokens)
     return figures
 
 
