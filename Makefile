@@ -29,11 +29,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test files run side by side (pytest-xdist), one process per core up to 4; a file's tests stay
+# in one process, so its module fixtures (a trained model, a comparison run) are built once.
+# Most of the suite's time is fairseq-train/-generate subprocesses, which leave a core idle.
+PYTEST := $(BIN)/python -m pytest tests -n auto --maxprocesses 4 --dist loadfile
+
 test: install lint
-	$(BIN)/python -m pytest tests --durations=20
+	$(PYTEST) --durations=20
 
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/sample/run.sh

@@ -22,7 +22,7 @@ setup(
     # transformers is a test-only oracle (checkpoint conversion, WordPiece);
     # hypothesis drives the fuzz tests; ruff lints and checks the layout (make lint).
     # matplotlib only draws the benchmark's --plot.
-    extras_require={"test": ["pytest", "transformers", "hypothesis", "ruff"], "bench": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "transformers", "hypothesis", "ruff"], "bench": ["matplotlib"]},
     entry_points={
         "console_scripts": [
             "hashee-rouge=fairseq_hashee.cli.rouge:main",
