@@ -174,8 +174,9 @@ def rule_scores(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_toke
     try:
         with torch.no_grad(), every_layer_in_eval(model):
             _, extra = model(src_tokens, src_lengths, prev_output_tokens)
+            live = prev_output_tokens.ne(decoder.padding_idx).t()  # (T, B), as the states
+            states = [state[live] for state in extra["inner_states"]]
+            layers = range(1, decoder.num_layers)
+            return torch.cat([rule.score(decoder, i, states[i], states[i - 1]) for i in layers])
     finally:
         model.set_beam_size(beam)
-    live = prev_output_tokens.ne(decoder.padding_idx).t()  # (T, B), as the states
-    states = [state[live] for state in extra["inner_states"]]
-    return torch.cat([rule.score(decoder, i, states[i], states[i - 1]) for i in range(1, decoder.num_layers)])
