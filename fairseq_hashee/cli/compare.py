@@ -169,14 +169,18 @@ def main(argv=None):
     _say(f"hashee-compare took {time.perf_counter() - started:.0f} s")
 
 
+def _row_files(work: Path, point, checkpoints):
+    """A row's generation folder and the checkpoint it generates with."""
+    return work / "generate" / point.name.replace("@", "-"), checkpoints[point.stages[-1].name]
+
+
 def _generate_rows(args, data: Data, work: Path, points, checkpoints, references) -> List[dict]:
     """Every row's summaries, ROUGE and figures (reused when generated before with the same
     checkpoint and options), then the extra timing rounds, interleaved."""
     rows = []
     for number, point in enumerate(points, start=1):
         _say(f"== [{number}/{len(points)}] generate {point.label}")
-        folder = work / "generate" / point.name.replace("@", "-")
-        checkpoint = checkpoints[point.stages[-1].name]
+        folder, checkpoint = _row_files(work, point, checkpoints)
         settings = {"checkpoint": str(checkpoint), "options": point.generate_options, "generate": data.generate_options}
         cached = load_json(folder / "result.json")
         if cached is not None and cached["settings"] == settings and "tokens" in cached:
@@ -202,8 +206,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
     for round_number in range(2, args.timing_rounds + 1):
         _say(f"== timing round {round_number}/{args.timing_rounds}")
         for point, row in zip(points, rows):
-            checkpoint = checkpoints[point.stages[-1].name]
-            folder = work / "generate" / point.name.replace("@", "-")
+            folder, checkpoint = _row_files(work, point, checkpoints)
             row["seconds"].append(time_generation(data, checkpoint, folder, point.generate_options))
     return rows
 
