@@ -96,9 +96,53 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables, device,
                 recorder.replay = True
             forced = _teacher_forced(model, tokens[:, : step + 1], full_encoder_out)
             assert (step_out[:, 0] - forced[:, step]).float().abs().max() < atol, step
-            deferred += sum(kv_cache.pending_steps(layer.self_attn, state) > 0 for layer in model.decoder.layers)
+            cache = kv_cache.SelfAttentionCache.of(model.decoder, state)  # the skip path's
+            if cache is not None:
+                deferred += sum(cache.pending(layer.self_attn) > 0 for layer in model.decoder.layers)
     if tables == "mostly-layer-1" and impl == "skip":
         assert deferred > 0
+
+
+@pytest.mark.parametrize("tables", ["random", "mostly-layer-1"])
+def test_incremental_with_the_cache_growing_every_other_step(monkeypatch, tables):
+    """The cache's storage grows in blocks of ``GROWTH`` positions; with blocks of 2,
+    keys, waiting inputs and the ancestry map all grow between reorders."""
+    monkeypatch.setattr(kv_cache, "GROWTH", 2)
+    test_incremental_equals_teacher_forced("skip", True, 4, tables, "cpu", torch.float32, ATOL)
+
+
+def test_a_padded_position_among_the_keys(monkeypatch):
+    """A forced prefix shorter than another leaves padding in ``prev_output_tokens``. fairseq's
+    positions then differ between its teacher-forced and incremental forward, so the skip path's
+    steps are checked against fairseq's own layers and cache stepping the same tokens (``masked``)."""
+    monkeypatch.setattr(kv_cache, "GROWTH", 2)
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, seed=6, layers=4)
+    gen = torch.Generator().manual_seed(6)
+    random_tables(model, gen)
+    bsz, beam, steps = 2, 2, 7
+    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=8)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen)
+    tokens[:, 0] = dictionary.eos()
+    tokens[1, 2] = tokens[3, 4] = dictionary.pad()
+    orders = {3: _beam_reorder(gen, bsz, beam), 5: _beam_reorder(gen, bsz, beam)}
+    outputs = {}
+    with torch.no_grad():
+        encoder_out = model.encoder.reorder_encoder_out(
+            model.encoder(src, src_lengths), torch.arange(bsz).repeat_interleave(beam)
+        )
+        for impl in ("masked", "skip"):
+            set_exit_impl(model, impl)
+            prev, state, steps_out = tokens.clone(), {}, []
+            for step in range(steps):
+                if step in orders:
+                    model.decoder.reorder_incremental_state_scripting(state, orders[step])
+                    prev[:, :step] = prev[orders[step], :step]
+                steps_out.append(model.decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)[0])
+            outputs[impl] = torch.cat(steps_out, dim=1)
+    # A padded position's own output is never read (fairseq's stock layer updates it, masked leaves it).
+    real = tokens.ne(dictionary.pad())  # step t's output is of position t, which no reorder before t moves
+    assert (outputs["skip"] - outputs["masked"])[real].abs().max() < ATOL
 
 
 def _teacher_forced(model, prev, encoder_out):

@@ -237,6 +237,13 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return HashEEDecoderLayer(cfg, no_encoder_attn)
 
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor) -> None:
+        """Beam search's reorder of the self-attention cache: its ancestry map, no keys
+        (fairseq reorders the cross-attention buffers through their own modules)."""
+        cache = kv_cache.SelfAttentionCache.of(self, incremental_state)
+        if cache is not None:
+            cache.reorder(new_order)
+
     def extract_features_scriptable(
         self,
         prev_output_tokens: Tensor,
@@ -262,11 +269,16 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
         planner = self.plan(self.token_exits(tokens))
+        padding_mask = pad if planner.any_padding(pad) else None  # the step's one host read
+        self_cache = None
+        if incremental_state is not None and self.exit_impl == "skip":
+            self_cache = kv_cache.SelfAttentionCache.for_step(self, incremental_state, x.size(1), padding_mask)
         inputs = LayerInputs(
-            padding_mask=pad if planner.any_padding(pad) else None,  # the step's one host read
+            padding_mask=padding_mask,
             encoder_out=enc,
             encoder_padding_mask=enc_padding_mask,
             incremental_state=incremental_state,
+            self_cache=self_cache,
             self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
         )
         inner_states: List[Optional[Tensor]] = [x]

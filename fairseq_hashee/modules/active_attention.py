@@ -43,13 +43,15 @@ def _fused_kv_parameters(attn: MultiheadAttention) -> Tuple[Tensor, Optional[Ten
     return cached[1]
 
 
-def project_kv(attn: MultiheadAttention, x: Tensor, batch_first: bool = False) -> Tuple[Tensor, Tensor]:
-    """Keys and values of ``x`` as (B, heads, S, head_dim); ``x`` is time-major
-    (S, B, C), or (B, S, C) with ``batch_first``."""
+def project_kv_fused(attn: MultiheadAttention, x: Tensor) -> Tensor:
+    """Keys and values of ``x`` (..., C) side by side, (..., 2C): keys first."""
     weight, bias = _fused_kv_parameters(attn)
-    kv = F.linear(x, weight, bias)
-    if batch_first:
-        kv = kv.transpose(0, 1)
+    return F.linear(x, weight, bias)
+
+
+def project_kv(attn: MultiheadAttention, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Keys and values of the time-major ``x`` (S, B, C) as (B, heads, S, head_dim)."""
+    kv = project_kv_fused(attn, x)
     seq_len, bsz, _ = kv.shape
     kv = kv.view(seq_len, bsz, 2, attn.num_heads, attn.head_dim).permute(2, 1, 3, 0, 4)
     return kv[0], kv[1]

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .active_attention import attend_active, project_kv
 from .few_rows_linear import few_rows_linear
-from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv, source_rows
-from .layer_plan import ActivePositions, LayerPlan, Plan
+from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv
+from .layer_plan import ActivePositions, LayerPlan, Plan, every_row, grouped_by_source
 
 
 class LayerInputs(NamedTuple):
@@ -30,6 +30,7 @@ class LayerInputs(NamedTuple):
     encoder_out: Optional[Tensor] = None  # (S, B, C), decoder only
     encoder_padding_mask: Optional[Tensor] = None  # (B, S)
     incremental_state: Optional[IncrementalState] = None  # decoder, one step at a time
+    self_cache: Optional[SelfAttentionCache] = None  # decoder, one step at a time, skip path
     self_attn_mask: Optional[Tensor] = None  # decoder, teacher-forced: the causal (future) mask
     in_place: bool = False  # updates may be written into ``x`` itself (nothing else holds it)
 
@@ -95,27 +96,27 @@ class HashEEEncoderLayer(_PlannedLayer, TransformerEncoderLayerBase):
 class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
     """Decoder layer: teacher-forced over the plan's positions, or one incremental step.
 
-    Incrementally, the self-attention cache (modules/kv_cache.py) receives
-    every step's input to this layer: deferred when the step has no active
-    position here, projected when a step needs keys. Every key a query reads
-    is thus projected from that position's input to this layer, its frozen
-    state if it exited below (the KV-cache invariant, docs/design.md section 4).
+    Incrementally (``inputs.self_cache``, modules/kv_cache.py) every step's
+    input to this layer reaches the cache: deferred when the step has no
+    active position here, projected when a step needs keys. Every key a query
+    reads is thus projected from that position's input to this layer, its
+    frozen state if it exited below (the KV-cache invariant, docs/design.md
+    section 4). A step with every row active runs the same path, so the cache
+    never needs fairseq's own layout.
     """
 
     def forward_plan(self, x: Tensor, plan: LayerPlan, inputs: LayerInputs) -> Tensor:
-        if inputs.incremental_state is None:
+        cache = inputs.self_cache
+        if cache is None:
             return super().forward_plan(x, plan, inputs)
-        cache = SelfAttentionCache(self.self_attn, inputs.incremental_state)
+        kv_in = self._attention_input(x, self.self_attn_layer_norm)
         if plan is Plan.SKIP:
-            cache.defer(self._attention_input(x, self.self_attn_layer_norm), inputs.padding_mask)
+            cache.defer(self.self_attn, kv_in)
             return x
         if plan is Plan.EVERY:
-            if cache.has_pending:
-                # fairseq's layer appends this step to a cache that must be whole.
-                cache.keys_values()
-            return self.forward_stock(x, inputs)
-        kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        keys, values, key_pad = cache.keys_values(kv_in, inputs.padding_mask)
+            plan = every_row(x.size(1), x.device)
+        rows = None if plan.all_rows else plan.rows
+        keys, values, key_pad = cache.keys_values(self.self_attn, kv_in, rows)
         return self._update_active(x, kv_in, plan, keys, values, key_pad, inputs)
 
     def forward_stock(self, x: Tensor, inputs: LayerInputs) -> Tensor:
@@ -130,9 +131,10 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         return out
 
     def forward_active(self, x: Tensor, plan: ActivePositions, inputs: LayerInputs) -> Tensor:
+        rows = None if plan.all_rows else plan.rows
         kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        keys, values = project_kv(self.self_attn, kv_in)
-        return self._update_active(x, kv_in, plan, keys, values, inputs.padding_mask, inputs)
+        keys, values = project_kv(self.self_attn, kv_in if rows is None else kv_in.index_select(1, rows))
+        return self._update_active(x, kv_in, plan, keys, values, _take_rows(inputs.padding_mask, rows), inputs)
 
     def _update_active(
         self,
@@ -145,18 +147,18 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         inputs: LayerInputs,
     ) -> Tensor:
         """Self-attention, cross-attention and feed-forward for the plan's positions;
-        ``keys``/``values`` (B, heads, S, head_dim) end with this call's positions."""
-        num_rows = x.size(1)
+        ``keys``/``values`` (len(plan.rows), heads, S, head_dim) end with this call's positions."""
+        num_rows, new_len = x.size(1), x.size(0)
         rows = None if plan.all_rows else plan.rows
-        past_len = keys.size(2) - x.size(0)
         attn = attend_active(
             self.self_attn,
             self._gather(kv_in, plan),
-            _take_rows(keys, rows),
-            _take_rows(values, rows),
+            keys,
+            values,
             plan,
-            _take_rows(key_pad, rows),
-            query_positions=plan.time + past_len,
+            key_pad,
+            # One new position per row sees every key: no causal mask needed.
+            query_positions=plan.time + (keys.size(2) - new_len) if new_len > 1 else None,
         )
         h = self._close_residual(attn, self._gather(x, plan), self.self_attn_layer_norm)
 
@@ -168,17 +170,19 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
                 inputs.incremental_state,
                 num_rows,
             )
-            enc_rows = rows
-            if enc_keys.size(0) != num_rows:
-                enc_rows = source_rows(plan.rows, num_rows, enc_keys.size(0))
+            if enc_keys.size(0) == num_rows:
+                enc_plan = plan
+                enc_keys, enc_values, enc_pad = (_take_rows(t, rows) for t in (enc_keys, enc_values, enc_pad))
+            else:  # fairseq's beamable cache: one row per sentence
+                enc_plan = grouped_by_source(plan, enc_keys.size(0))
             residual = h
             attn = attend_active(
                 self.encoder_attn,
                 self._attention_input(h, self.encoder_attn_layer_norm),
-                _take_rows(enc_keys, enc_rows),
-                _take_rows(enc_values, enc_rows),
-                plan,
-                _take_rows(enc_pad, enc_rows),
+                enc_keys,
+                enc_values,
+                enc_plan,
+                enc_pad,
             )
             h = self._close_residual(attn, residual, self.encoder_attn_layer_norm)
 

@@ -1,56 +1,180 @@
 """The decoder's incremental state: the one owner of its cache slots (docs/design.md section 4).
 
-Each decoder layer keeps two buffers in fairseq's ``incremental_state``, under
-its attention modules' own keys, so fairseq's stock layer can read and extend
-them and fairseq's ``reorder_incremental_state`` reorders them for beam search:
+Self-attention (``SelfAttentionCache``, one per generation, kept in
+``incremental_state`` under the decoder's key): every layer's keys and values
+live in storage indexed by (position, physical row), written once, in place,
+by the row that computed them. Which physical row holds a hypothesis's key at
+position s is the *ancestry* map, shared by every layer: beam search's
+reorder rewrites that small (rows, positions) index map and copies no key or
+value, and a step appends its column without copying the past (fairseq's
+stock cache concatenates every step and copies every layer's cache at every
+reorder, which at batch 8 costs more than the layers' products). A query
+gathers its own hypothesis's keys through the map. Each key is projected
+from that position's input to the layer, its frozen state if it exited below
+(the KV-cache invariant). A layer with no active query at a step keeps the
+step's input instead (deferred); the next step with a query there projects
+every waiting position in one product.
 
-- self-attention: ``prev_key``/``prev_value`` (B, heads, S, head_dim) and
-  ``prev_key_padding_mask`` (B, S) hold the keys and values of every past
-  position, each projected from that position's input to this layer (its
-  frozen state if it exited below: the KV-cache invariant). ``pending_input``
-  (B, P, C) and ``pending_padding_mask`` (B, P) hold the inputs of the last P
-  steps that had no active query at this layer: their projection is deferred
-  until a step needs keys (one product for all of them), and never happens
-  if none does.
-- cross-attention: ``prev_key``/``prev_value`` of the encoder output,
-  projected once per generation, at its first step; with fairseq's beamable attention one row
-  per sentence instead of one per hypothesis.
-
-Reorder contract: fairseq reorders a self-attention buffer by selecting along
-dim 0 of *every* tensor in it, so every slot here is batch-first with one row
-per hypothesis; the pending slots are reordered like the keys they will
-become. The cross-attention buffer is left alone when it has one row per
-sentence (beamable), which is why its rows are mapped, not reordered.
+Cross-attention: ``prev_key``/``prev_value`` of the encoder output in the
+attention module's own fairseq buffer, projected once per generation at its
+first step; with fairseq's beamable attention one row per sentence instead of
+one per hypothesis, left alone by fairseq's reorder while every sentence is
+live.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from .active_attention import project_kv
+from ..errors import HashEEError
+from .active_attention import project_kv, project_kv_fused
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 PREV_KEY = "prev_key"
 PREV_VALUE = "prev_value"
 PREV_KEY_PADDING_MASK = "prev_key_padding_mask"
-PENDING_INPUT = "pending_input"
-PENDING_PADDING_MASK = "pending_padding_mask"
+
+# Positions the storage grows by at a time: a growth copies the past once, so
+# appending stays amortised O(1) while the unused tail stays small.
+GROWTH = 16
 
 KeysValues = Tuple[Tensor, Tensor, Optional[Tensor]]  # keys, values, key padding mask (True = pad)
 
 
-def _cat_padding(old: Optional[Tensor], old_len: int, new: Optional[Tensor], new_len: int, bsz: int):
-    """Append key-padding masks (B, len) where either side may be None (= no padding);
-    fairseq's attention may have cached one as floats, so both become bool."""
-    if old is None and new is None:
-        return None
-    device = (old if old is not None else new).device
-    old = torch.zeros(bsz, old_len, dtype=torch.bool, device=device) if old is None else old.bool()
-    new = torch.zeros(bsz, new_len, dtype=torch.bool, device=device) if new is None else new.bool()
-    return torch.cat([old, new], dim=1)
+class _LayerStore:
+    """One layer's keys and values, (capacity, physical rows, C) each, and the inputs
+    of the positions whose projection waits (from ``projected`` to the last)."""
+
+    __slots__ = ("keys", "values", "inputs", "projected")
+
+    def __init__(self):
+        self.keys: Optional[Tensor] = None
+        self.values: Optional[Tensor] = None
+        self.inputs: Optional[Tensor] = None
+        self.projected = 0
+
+
+class SelfAttentionCache:
+    """Every decoder layer's self-attention keys and values of one incremental generation."""
+
+    STATE_KEY = "self_attention_cache"
+
+    def __init__(self, num_rows: int, device: torch.device):
+        self.num_physical = num_rows
+        self.length = 0  # positions cached, the current step's included
+        self.live: List[int] = []  # live rows at each position
+        # ancestry[r, s]: the physical row holding row r's key at position s.
+        self.ancestry = torch.empty(num_rows, 0, dtype=torch.long, device=device)
+        self.padding: Optional[Tensor] = None  # (capacity, physical rows), True at padding, once any
+        self._stores: Dict[str, _LayerStore] = {}
+        self._index_all: Optional[Tensor] = None  # this step's gather index of every live row
+
+    @classmethod
+    def for_step(cls, decoder, incremental_state: IncrementalState, num_rows: int, padding: Optional[Tensor]):
+        """The generation's cache, advanced to a new position for ``num_rows`` rows whose
+        padding (rows, 1) is ``padding`` (None: no padding)."""
+        cache = decoder.get_incremental_state(incremental_state, cls.STATE_KEY)
+        if cache is None:
+            cache = cls(num_rows, padding.device if padding is not None else decoder.exit_table.device)
+            decoder.set_incremental_state(incremental_state, cls.STATE_KEY, cache)
+        cache._begin_step(num_rows, padding)
+        return cache
+
+    @classmethod
+    def of(cls, decoder, incremental_state: IncrementalState) -> Optional["SelfAttentionCache"]:
+        return decoder.get_incremental_state(incremental_state, cls.STATE_KEY)
+
+    def _begin_step(self, num_rows: int, padding: Optional[Tensor]) -> None:
+        if num_rows != self.ancestry.size(0):
+            raise HashEEError(
+                f"incremental decoding: a step has {num_rows} rows but the cache was reordered to "
+                f"{self.ancestry.size(0)}"
+            )
+        t = self.length
+        if t == self.ancestry.size(1):
+            self.ancestry = torch.cat([self.ancestry, self.ancestry.new_zeros(num_rows, GROWTH)], dim=1)
+        rows = torch.arange(num_rows, device=self.ancestry.device)
+        self.ancestry[:, t] = rows
+        if padding is not None and self.padding is None:
+            self.padding = padding.new_zeros(0, self.num_physical)
+        if self.padding is not None:
+            # Small (positions, rows) booleans: grown by concatenation.
+            missing = self.ancestry.size(1) - self.padding.size(0)
+            if missing > 0:
+                self.padding = torch.cat([self.padding, self.padding.new_zeros(missing, self.num_physical)])
+            self.padding[t, :num_rows] = False if padding is None else padding[:, 0]
+        self.live.append(num_rows)
+        self.length = t + 1
+        self._index_all = None
+
+    def reorder(self, new_order: Tensor) -> None:
+        """Beam search's reorder: row r continues old row ``new_order[r]``; no key moves."""
+        if new_order.size(0) > self.num_physical:
+            raise HashEEError(
+                f"incremental decoding: reordered to {new_order.size(0)} rows, more than the "
+                f"{self.num_physical} the generation started with"
+            )
+        self.ancestry = self.ancestry.index_select(0, new_order)
+        self._index_all = None
+
+    def defer(self, attn: MultiheadAttention, kv_in: Tensor) -> None:
+        """Keep this step's layer inputs ``kv_in`` (1, rows, C) until a query needs their keys."""
+        store = self._store(attn)
+        waiting = self.length - 1 - store.projected  # positions already waiting before this one
+        store.inputs = _room(store.inputs, waiting + 1, self.num_physical, kv_in)
+        store.inputs[waiting, : kv_in.size(1)] = kv_in[0]
+
+    def keys_values(self, attn: MultiheadAttention, kv_in: Tensor, rows: Optional[Tensor]) -> KeysValues:
+        """Keys and values (len(rows), heads, positions, head_dim) of ``rows`` (None: every
+        live row), up to this step, whose layer inputs are ``kv_in`` (1, rows, C); waiting
+        positions are projected first, in one product with this step's."""
+        store = self._store(attn)
+        t = self.length - 1
+        first = store.projected
+        if first < t:
+            self.defer(attn, kv_in)
+            # Later positions have no more live rows than the first waiting one.
+            kv_in, store.inputs = store.inputs[: t + 1 - first, : self.live[first]], None
+        kv = project_kv_fused(attn, kv_in)  # (positions, rows, 2C)
+        channels = kv.size(-1) // 2
+        capacity = self.ancestry.size(1)
+        store.keys = _room(store.keys, capacity, self.num_physical, kv[..., :channels])
+        store.values = _room(store.values, capacity, self.num_physical, kv[..., :channels])
+        store.keys[first : t + 1, : kv.size(1)] = kv[..., :channels]
+        store.values[first : t + 1, : kv.size(1)] = kv[..., channels:]
+        store.projected = t + 1
+
+        index = self._gather_index(rows)
+        shape = (index.size(0), self.length, attn.num_heads, attn.head_dim)
+        flat = index.view(-1)
+        keys = store.keys.view(-1, channels).index_select(0, flat).view(shape).transpose(1, 2)
+        values = store.values.view(-1, channels).index_select(0, flat).view(shape).transpose(1, 2)
+        padding = None
+        if self.padding is not None:
+            padding = self.padding.view(-1).index_select(0, flat).view(index.shape)
+        return keys, values, padding
+
+    def pending(self, attn: MultiheadAttention) -> int:
+        """How many positions' inputs wait unprojected at this layer."""
+        return self.length - self._store(attn).projected
+
+    def _store(self, attn: MultiheadAttention) -> _LayerStore:
+        return self._stores.setdefault(attn._incremental_state_id, _LayerStore())
+
+    def _gather_index(self, rows: Optional[Tensor]) -> Tensor:
+        """(rows, positions): where in a store flattened to (positions * physical rows, C)
+        each of ``rows``'s keys is."""
+        if rows is None and self._index_all is not None:
+            return self._index_all
+        ancestry = self.ancestry[:, : self.length] if rows is None else self.ancestry[rows, : self.length]
+        offsets = torch.arange(self.length, device=ancestry.device) * self.num_physical
+        index = ancestry + offsets
+        if rows is None:
+            self._index_all = index
+        return index
 
 
 def _stock_layout(t: Tensor) -> Tensor:
@@ -59,58 +183,16 @@ def _stock_layout(t: Tensor) -> Tensor:
     return t.contiguous()
 
 
-class SelfAttentionCache:
-    """One decoder layer's self-attention cache, for one incremental step."""
-
-    def __init__(self, attn: MultiheadAttention, incremental_state: IncrementalState):
-        self.attn = attn
-        self.state = incremental_state
-        self.buffer = attn._get_input_buffer(incremental_state)
-
-    @property
-    def has_pending(self) -> bool:
-        return PENDING_INPUT in self.buffer
-
-    def defer(self, kv_in: Tensor, padding_mask: Optional[Tensor]) -> None:
-        """Keep this step's layer inputs ``kv_in`` (1, B, C) to project when a query needs them."""
-        self._append_pending(kv_in, padding_mask)
-        self._save()
-
-    def keys_values(self, kv_in: Optional[Tensor] = None, padding_mask: Optional[Tensor] = None) -> KeysValues:
-        """The whole cache, brought up to date: pending inputs (and this step's ``kv_in``,
-        if given) projected in one product and appended."""
-        if kv_in is not None:
-            self._append_pending(kv_in, padding_mask)
-        buffer = self.buffer
-        pending = buffer.pop(PENDING_INPUT, None)
-        pending_pad = buffer.pop(PENDING_PADDING_MASK, None)
-        if pending is not None:
-            keys, values = project_kv(self.attn, pending, batch_first=True)
-            past = 0
-            if PREV_KEY in buffer:
-                past = buffer[PREV_KEY].size(2)
-                keys = torch.cat([buffer[PREV_KEY], keys], dim=2)
-                values = torch.cat([buffer[PREV_VALUE], values], dim=2)
-            else:
-                keys, values = _stock_layout(keys), _stock_layout(values)
-            key_pad = _cat_padding(
-                buffer.get(PREV_KEY_PADDING_MASK), past, pending_pad, pending.size(1), pending.size(0)
-            )
-            buffer[PREV_KEY], buffer[PREV_VALUE], buffer[PREV_KEY_PADDING_MASK] = keys, values, key_pad
-            self._save()
-        return buffer.get(PREV_KEY), buffer.get(PREV_VALUE), buffer.get(PREV_KEY_PADDING_MASK)
-
-    def _append_pending(self, kv_in: Tensor, padding_mask: Optional[Tensor]) -> None:
-        new = kv_in.transpose(0, 1)  # (B, 1, C)
-        pending = self.buffer.get(PENDING_INPUT)
-        past = 0 if pending is None else pending.size(1)
-        self.buffer[PENDING_PADDING_MASK] = _cat_padding(
-            self.buffer.get(PENDING_PADDING_MASK), past, padding_mask, 1, new.size(0)
-        )
-        self.buffer[PENDING_INPUT] = new if pending is None else torch.cat([pending, new], dim=1)
-
-    def _save(self) -> None:
-        self.attn._set_input_buffer(self.state, self.buffer)
+def _room(store: Optional[Tensor], needed: int, num_rows: int, like: Tensor) -> Tensor:
+    """``store`` (positions, ``num_rows``, C), with room for ``needed`` positions: made
+    (zeroed, like ``like``) or grown by whole ``GROWTH`` blocks, the past copied once."""
+    if store is not None and store.size(0) >= needed:
+        return store
+    capacity = -(-needed // GROWTH) * GROWTH
+    grown = like.new_zeros(capacity, num_rows, like.size(-1))
+    if store is not None:
+        grown[: store.size(0)] = store
+    return grown
 
 
 def cross_attention_kv(
@@ -123,9 +205,9 @@ def cross_attention_kv(
     """Keys and values of the encoder output (T, B, C) for cross-attention.
 
     Teacher-forced they are projected per call; incrementally, once per
-    generation (at its first step, ``project_sources``) and kept. With fairseq's beamable attention (``set_beam_size``)
-    one row per sentence is kept, as stock BART does; ``source_rows`` maps a
-    decoder row to its row here.
+    generation (at its first step, ``project_sources``) and kept. With fairseq's
+    beamable attention (``set_beam_size``) one row per sentence is kept, as
+    stock BART does, and a sentence's hypotheses query it together.
     """
     if incremental_state is None:
         keys, values = project_kv(attn, encoder_out)
@@ -165,13 +247,6 @@ def project_sources(
             cross_attention_kv(layer.encoder_attn, encoder_out, encoder_padding_mask, incremental_state, num_rows)
 
 
-def source_rows(rows: Tensor, num_rows: int, num_source_rows: int) -> Tensor:
-    """The cross-attention cache row of each decoder row in ``rows``."""
-    if num_source_rows == num_rows:
-        return rows
-    return torch.div(rows, num_rows // num_source_rows, rounding_mode="floor")
-
-
 def cached_source_lengths(attn: MultiheadAttention, incremental_state: IncrementalState) -> Tensor:
     """Source length of every row of the cross-attention cache (for the FLOPs meter).
 
@@ -183,9 +258,3 @@ def cached_source_lengths(attn: MultiheadAttention, incremental_state: Increment
     if pad is None:
         return torch.full((keys.size(0),), keys.size(2), dtype=torch.long, device=keys.device)
     return pad.logical_not().sum(dim=1)
-
-
-def pending_steps(attn: MultiheadAttention, incremental_state: IncrementalState) -> int:
-    """How many steps' inputs wait unprojected in this layer's self-attention cache."""
-    pending = attn._get_input_buffer(incremental_state).get(PENDING_INPUT)
-    return 0 if pending is None else pending.size(1)

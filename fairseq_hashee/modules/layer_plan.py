@@ -138,3 +138,32 @@ def _active_positions(active: Tensor, n_active: int, n_rows: int, n_slots: int) 
         n_slots=n_slots,
         batch_size=batch_size,
     )
+
+
+def every_row(batch_size: int, device: torch.device) -> ActivePositions:
+    """The plan of one incremental step (one position per row) in which every row is active."""
+    rows = torch.arange(batch_size, device=device)
+    zeros = torch.zeros_like(rows)
+    return ActivePositions(flat=rows, rank=rows, slot=zeros, time=zeros, rows=rows, n_slots=1, batch_size=batch_size)
+
+
+def grouped_by_source(plan: ActivePositions, num_sources: int) -> ActivePositions:
+    """``plan`` with each sentence's hypotheses as slots of one row.
+
+    fairseq's beamable cross-attention keeps one cache row per sentence; its
+    hypotheses then query that row together, as stock BART's beamable
+    attention does, instead of each taking a copy of it. Every sentence gets a
+    row (those without an active hypothesis attend with empty queries): no
+    host read to count them.
+    """
+    beam = plan.batch_size // num_sources
+    row = plan.rows[plan.rank]
+    return ActivePositions(
+        flat=plan.flat,
+        rank=torch.div(row, beam, rounding_mode="floor"),
+        slot=(row % beam) * plan.n_slots + plan.slot,
+        time=plan.time,
+        rows=torch.arange(num_sources, device=row.device),
+        n_slots=beam * plan.n_slots,
+        batch_size=num_sources,
+    )
