@@ -138,7 +138,8 @@ def test_a_padded_position_among_the_keys(monkeypatch):
                 if step in orders:
                     model.decoder.reorder_incremental_state_scripting(state, orders[step])
                     prev[:, :step] = prev[orders[step], :step]
-                steps_out.append(model.decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)[0])
+                out = model.decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)[0]
+                steps_out.append(out)
             outputs[impl] = torch.cat(steps_out, dim=1)
     # A padded position's own output is never read (fairseq's stock layer updates it, masked leaves it).
     real = tokens.ne(dictionary.pad())  # step t's output is of position t, which no reorder before t moves
