@@ -20,7 +20,7 @@ from torch import Tensor
 from .active_attention import attend_active, project_kv
 from .few_rows_linear import few_rows_linear
 from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv
-from .layer_plan import ActivePositions, LayerPlan, Plan, every_row, grouped_by_source
+from .layer_plan import ActivePositions, LayerPlan, Plan, grouped_by_source
 
 
 class LayerInputs(NamedTuple):
@@ -114,7 +114,7 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
             cache.defer(self.self_attn, kv_in)
             return x
         if plan is Plan.EVERY:
-            plan = every_row(x.size(1), x.device)
+            plan = cache.every_row()
         rows = None if plan.all_rows else plan.rows
         keys, values, key_pad = cache.keys_values(self.self_attn, kv_in, rows)
         return self._update_active(x, kv_in, plan, keys, values, key_pad, inputs)

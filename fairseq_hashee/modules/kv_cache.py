@@ -8,7 +8,7 @@ position s is the *ancestry* map, shared by every layer: beam search's
 reorder rewrites that small (rows, positions) index map and copies no key or
 value, and a step appends its column without copying the past (fairseq's
 stock cache concatenates every step and copies every layer's cache at every
-reorder, which at batch 8 costs more than the layers' products). A query
+reorder: at batch 8 the torch profiler put those copies at 40% of a step). A query
 gathers its own hypothesis's keys through the map. Each key is projected
 from that position's input to the layer, its frozen state if it exited below
 (the KV-cache invariant). A layer with no active query at a step keeps the
@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..errors import HashEEError
 from .active_attention import project_kv, project_kv_fused
+from .layer_plan import ActivePositions, every_row
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -69,9 +70,10 @@ class SelfAttentionCache:
         self.live: List[int] = []  # live rows at each position
         # ancestry[r, s]: the physical row holding row r's key at position s.
         self.ancestry = torch.empty(num_rows, 0, dtype=torch.long, device=device)
-        self.padding: Optional[Tensor] = None  # (capacity, physical rows), True at padding, once any
+        self.padding: Optional[Tensor] = None  # (capacity, physical rows, 1), True at padding, once any
         self._stores: Dict[str, _LayerStore] = {}
         self._index_all: Optional[Tensor] = None  # this step's gather index of every live row
+        self._every_row: Optional[ActivePositions] = None  # the plan of a step with every row active
 
     @classmethod
     def for_step(cls, decoder, incremental_state: IncrementalState, num_rows: int, padding: Optional[Tensor]):
@@ -99,14 +101,10 @@ class SelfAttentionCache:
             self.ancestry = torch.cat([self.ancestry, self.ancestry.new_zeros(num_rows, GROWTH)], dim=1)
         rows = torch.arange(num_rows, device=self.ancestry.device)
         self.ancestry[:, t] = rows
-        if padding is not None and self.padding is None:
-            self.padding = padding.new_zeros(0, self.num_physical)
-        if self.padding is not None:
-            # Small (positions, rows) booleans: grown by concatenation.
-            missing = self.ancestry.size(1) - self.padding.size(0)
-            if missing > 0:
-                self.padding = torch.cat([self.padding, self.padding.new_zeros(missing, self.num_physical)])
-            self.padding[t, :num_rows] = False if padding is None else padding[:, 0]
+        if padding is not None or self.padding is not None:
+            like = padding if padding is not None else self.padding
+            self.padding = _room(self.padding, self.ancestry.size(1), self.num_physical, like)
+            self.padding[t, :num_rows] = False if padding is None else padding
         self.live.append(num_rows)
         self.length = t + 1
         self._index_all = None
@@ -158,12 +156,22 @@ class SelfAttentionCache:
             padding = self.padding.view(-1).index_select(0, flat).view(index.shape)
         return keys, values, padding
 
+    def every_row(self) -> ActivePositions:
+        """The plan of this step with every live row active: the same for every layer."""
+        num_rows = self.ancestry.size(0)
+        if self._every_row is None or self._every_row.batch_size != num_rows:
+            self._every_row = every_row(num_rows, self.ancestry.device)
+        return self._every_row
+
     def pending(self, attn: MultiheadAttention) -> int:
         """How many positions' inputs wait unprojected at this layer."""
         return self.length - self._store(attn).projected
 
     def _store(self, attn: MultiheadAttention) -> _LayerStore:
-        return self._stores.setdefault(attn._incremental_state_id, _LayerStore())
+        store = self._stores.get(attn._incremental_state_id)
+        if store is None:
+            store = self._stores[attn._incremental_state_id] = _LayerStore()
+        return store
 
     def _gather_index(self, rows: Optional[Tensor]) -> Tensor:
         """(rows, positions): where in a store flattened to (positions * physical rows, C)
