@@ -57,7 +57,7 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
             assert row["config"] in settings.FREE_DECODING_CONFIGS
     assert {r["config"] for r in result["rows"] if r["kind"] == "generate"} == set(settings.CONFIGS)
     for row in result["rows"]:
-        assert row["wall_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["wall_s"] > 0 and row["tokens_per_s"] > 0 and row["operators"] > 0
         # efficiency is against the same kernels with no exits; the end-to-end figure is apart
         assert abs(row["efficiency"] - row["exit_wall_speedup"] / row["flops_speedup"]) < 1e-9
         assert row["wall_speedup"] > 0
@@ -82,6 +82,8 @@ def test_benchmark_writes_rows_targets_and_sweep(tmp_path, capsys):
         "generation efficiency",
         "end-to-end speed-up over stock",
         "peak memory",
+        "operators vs stock, encoder",
+        "operators vs stock, generate",
     ):
         assert target in names
     # the sweep's single-bucket setting (every token at the last layer) saves nothing

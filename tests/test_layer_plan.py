@@ -1,38 +1,71 @@
-"""Layer plans and query packing against hand-computed indices (docs/design.md section 3)."""
+"""Layer plans and the exit order against hand-computed values (docs/design.md section 3)."""
 
-import pytest
 import torch
 from fairseq.modules import MultiheadAttention
 
-from fairseq_hashee.modules.active_attention import attend_active, pack, project_kv, unpack
-from fairseq_hashee.modules.layer_plan import ActivePositions, Plan, StackPlanner
+from fairseq_hashee.modules.active_attention import attend, attend_grouped, project_kv
+from fairseq_hashee.modules.layer_plan import ExitOrder, Plan, Prefix, RowOrder, StackPlanner
 
 # Three rows of four positions, batch-major; 0 marks padding (row 2 is left-padded).
 EXITS = torch.tensor([[3, 1, 2, 3], [1, 1, 1, 3], [0, 0, 2, 1]])
+# Each row deepest exit first, ties in time order: the time index of each ordered slot.
+ORDER = [[0, 3, 2, 1], [3, 0, 1, 2], [2, 3, 0, 1]]
 
 
-def test_plans_of_every_layer_follow_the_exits():
+def test_each_row_is_ordered_deepest_exit_first():
+    order = ExitOrder(EXITS, num_layers=4, causal=False)
+    assert order.order.tolist() == ORDER
+    assert order.exits.tolist() == [[3, 3, 2, 1], [3, 1, 1, 1], [2, 1, 0, 0]]
+    x = torch.arange(12.0).view(4, 3, 1)  # time-major: x[t, b] = 3t + b
+    ordered = order.sort(x)
+    assert ordered[:, 1, 0].tolist() == [10.0, 1.0, 4.0, 7.0]  # row 1: times 3, 0, 1, 2
+    assert torch.equal(order.unsort(ordered), x)
+
+
+def test_every_layer_is_a_prefix_of_the_ordered_rows():
     planner = StackPlanner(EXITS, num_layers=4)
-    assert planner(1) is Plan.EVERY  # every live position runs layer 1
     assert planner(4) is Plan.SKIP
+    layer1, layer2, layer3 = planner(1), planner(2), planner(3)
+    # Per row, layer 1 has 4, 4, 2 active positions; layer 2: 3, 1, 1; layer 3: 2, 1, 0.
+    assert (layer1.size, layer2.size, layer3.size) == (4, 3, 2)
+    assert layer1.keys == layer2.keys == layer3.keys == 4  # the longest row's live positions
+    # Rows with fewer active positions than the prefix keep the others through the mask (size, B, 1).
+    assert layer2.write_mask[..., 0].t().tolist() == [[True, True, True], [True, False, False], [True, False, False]]
+    assert layer3.write_mask[..., 0].t().tolist() == [[True, True], [True, False], [False, False]]
+    # Padding (row 2's last two ordered slots) is never a key.
+    assert layer2.attn_mask.shape == (3, 1, 1, 4)  # the same keys for every query of a row
+    assert layer2.attn_mask[2, 0, 0].tolist() == [True, True, False, False]
 
-    layer2 = planner(2)
-    assert isinstance(layer2, ActivePositions)
-    # Row-major: (0,0) (0,2) (0,3) (1,3) (2,2); flat index into (T*B) is t * B + b.
-    assert layer2.time.tolist() == [0, 2, 3, 3, 2]
-    assert layer2.flat.tolist() == [0 * 3 + 0, 2 * 3 + 0, 3 * 3 + 0, 3 * 3 + 1, 2 * 3 + 2]
-    assert layer2.rows.tolist() == [0, 1, 2] and layer2.all_rows
-    assert layer2.rank.tolist() == [0, 0, 0, 1, 2]
-    assert layer2.slot.tolist() == [0, 1, 2, 0, 0]
-    assert layer2.n_slots == 3 and layer2.batch_size == 3
 
-    layer3 = planner(3)
-    # Only rows 0 and 1 keep a position; row 1's compact rank is 1, row 2 has none.
-    assert layer3.time.tolist() == [0, 3, 3]
-    assert layer3.rows.tolist() == [0, 1] and not layer3.all_rows
-    assert layer3.rank.tolist() == [0, 0, 1]
-    assert layer3.slot.tolist() == [0, 1, 0]
-    assert layer3.n_slots == 2
+def test_full_rows_need_no_mask():
+    planner = StackPlanner(torch.tensor([[2, 1, 2], [1, 2, 2]]), num_layers=2)
+    assert planner(2) == Prefix(2, 2, 3)  # two active positions in every row, no padding
+
+
+def test_causal_masks_follow_time_not_slots():
+    order = ExitOrder(EXITS[:2], num_layers=4, causal=True)
+    mask = order.attention_mask(keys=4, padded=False)[:, 0]
+    # Row 1 ordered times 3, 0, 1, 2: the query at time 0 (slot 1) sees only itself.
+    assert mask[1, 1].tolist() == [False, True, False, False]
+    assert mask[1, 0].tolist() == [True, True, True, True]
+
+
+def test_without_a_partly_active_layer_nothing_is_ordered():
+    planner = StackPlanner(torch.tensor([[2, 2, 0], [2, 2, 2]]), num_layers=3)
+    assert planner.order is None
+    assert [planner(layer) for layer in (1, 2, 3)] == [Plan.EVERY, Plan.EVERY, Plan.SKIP]
+
+
+def test_a_step_orders_its_rows():
+    exits = torch.tensor([[2], [0], [3], [1]])
+    planner = StackPlanner(exits, num_layers=3, step=True)
+    order = planner.order
+    assert isinstance(order, RowOrder)
+    assert order.rows.tolist() == [2, 0, 3, 1] and order.places.tolist() == [1, 3, 0, 2]
+    assert [planner(layer) for layer in (1, 2, 3)] == [Prefix(1, 3, 3), Prefix(2, 2, 2), Prefix(3, 1, 1)]
+    where = planner.active_positions(2)
+    assert where.row.tolist() == [2, 0] and where.state_row.tolist() == [0, 1]
+    assert planner.any_padding(exits == 0)
 
 
 def test_masked_reference_mask_is_time_major():
@@ -62,7 +95,7 @@ def test_one_host_read_plans_every_layer(monkeypatch):
     reads = _CountReads(monkeypatch)
     plans = [planner(layer) for layer in range(1, 7)]
     assert reads.count == 1
-    assert sum(isinstance(plan, ActivePositions) for plan in plans) >= 3
+    assert sum(isinstance(plan, Prefix) and plan.write_mask is not None for plan in plans) >= 3
 
 
 def test_a_stack_without_early_exits_never_reads(monkeypatch):
@@ -72,35 +105,30 @@ def test_a_stack_without_early_exits_never_reads(monkeypatch):
     assert reads.count == 0
 
 
-@pytest.mark.parametrize("layer", [2, 3])
-def test_pack_places_each_position_at_its_rank_and_slot(layer):
-    plan = StackPlanner(EXITS, num_layers=4)(layer)
-    values = torch.arange(plan.flat.numel(), dtype=torch.float32) + 1.0
-    packed = pack(values, plan, fill=-1.0)
-    assert packed.shape == (plan.rows.numel(), plan.n_slots)
-    for i in range(plan.flat.numel()):
-        assert packed[plan.rank[i], plan.slot[i]] == values[i]
-    assert int((packed == -1.0).sum()) == packed.numel() - values.numel()  # unused slots hold the fill
-    assert torch.equal(unpack(packed, plan), values)
-
-
-def test_pack_of_full_rows_is_a_reshape():
-    plan = StackPlanner(torch.tensor([[2, 2, 1], [2, 2, 1]]), num_layers=2)(2)
-    values = torch.randn(4, 3)
-    assert torch.equal(pack(values, plan, fill=0.0), values.view(2, 2, 3))
-    assert torch.equal(unpack(values.view(2, 2, 3), plan), values)
-
-
-def test_attention_of_active_queries_equals_fairseq_attention_at_those_positions():
+def test_attention_of_a_prefix_equals_fairseq_attention_at_those_positions():
     torch.manual_seed(0)
     attn = MultiheadAttention(8, 2, self_attention=True).eval()
     x = torch.randn(4, 3, 8)  # (T, B, C)
-    padding = EXITS == 0
-    expected, _ = attn(x, x, x, key_padding_mask=padding)
-    plan = StackPlanner(EXITS, num_layers=4)(3)
-    rows = plan.rows
-    keys, values = project_kv(attn, x.index_select(1, rows))
-    queries = x.reshape(-1, 8).index_select(0, plan.flat)
+    expected, _ = attn(x, x, x, key_padding_mask=EXITS == 0)
+    planner = StackPlanner(EXITS, num_layers=4)
+    plan, order = planner(2), planner.order
+    ordered = order.sort(x)
+    keys, values = project_kv(attn, ordered[: plan.keys])
     with torch.no_grad():
-        out = attend_active(attn, queries, keys, values, plan, padding.index_select(0, rows))
-    assert torch.allclose(out, expected.reshape(-1, 8).index_select(0, plan.flat), atol=1e-6)
+        out = attend(attn, ordered[: plan.size], keys, values, plan.attn_mask)
+    active = plan.write_mask[..., 0]
+    assert torch.allclose(out[active], order.sort(expected)[: plan.size][active], atol=1e-6)
+
+
+def test_grouped_attention_reads_each_querys_group():
+    """Hypotheses query their sentence's row together: as if each had its own copy of it."""
+    torch.manual_seed(0)
+    attn = MultiheadAttention(8, 2, encoder_decoder_attention=True).eval()
+    source = torch.randn(5, 2, 8)  # two sentences
+    keys, values = project_kv(attn, source)
+    queries = torch.randn(3, 8)
+    group, slot = torch.tensor([1, 0, 1]), torch.tensor([0, 1, 2])  # hypotheses 3, 1 and 5 of beam 3
+    with torch.no_grad():
+        out = attend_grouped(attn, queries, keys, values, None, (group, slot), per_group=3)
+        expected, _ = attn(queries[None], source[:, group], source[:, group])
+    assert torch.allclose(out, expected[0], atol=1e-6)

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..modules import flops
+from .operators import operators_per_call
 from .settings import STOCK, Models, Setting, configs, runner
 
 
@@ -96,8 +97,9 @@ def timed(fn: Callable[[], None], device) -> float:
 
 
 def count_setting(setting: Setting, models: Models, args, dictionary, device) -> Tuple[dict, dict]:
-    """FLOPs report and peak memory of every configuration, from one run each after a
-    warm-up pass (the meter only adds up numbers the stacks compute anyway)."""
+    """FLOPs report, peak memory and operators launched (per encoder forward or decoder step)
+    of every configuration, from one run each after a warm-up pass (the meter only adds up
+    numbers the stacks compute anyway), and one more run counting operators."""
     prepare = runner(setting, models, args, dictionary)
     names = configs(models, setting, args.configs)
     counts, memory = {}, {}
@@ -108,11 +110,13 @@ def count_setting(setting: Setting, models: Models, args, dictionary, device) ->
             model, fn = prepare(c)
             if c == STOCK:
                 memory[c] = peak_memory(fn, device)
-                continue
-            with flops.measuring(model) as meter:
-                memory[c] = peak_memory(fn, device)
-            counts[c] = flops.speedup_report(meter.sums)
-            counts[c]["sums"] = dict(meter.sums)
+                counts[c] = {}
+            else:
+                with flops.measuring(model) as meter:
+                    memory[c] = peak_memory(fn, device)
+                counts[c] = flops.speedup_report(meter.sums)
+                counts[c]["sums"] = dict(meter.sums)
+            counts[c]["operators"] = operators_per_call(model, fn, setting.kind)
     return counts, memory
 
 

@@ -72,21 +72,31 @@ class PlannedStackMixin:
         """The exit rule, unless training: multi-exit training runs every layer."""
         return None if self.training else self.exit_rule
 
-    def plan(self, exits: Tensor) -> StackPlanner:
-        """The planner of one forward over positions that exit at ``exits`` (B, T)."""
+    def plan(self, exits: Tensor, step: bool = False, causal: bool = False) -> StackPlanner:
+        """The planner of one forward over positions that exit at ``exits`` (B, T): an
+        incremental decoder ``step``, or a teacher-forced forward (``causal`` in a decoder)."""
         no_exits = self.no_early_exits and self._active_rule() is None
-        return StackPlanner(exits, self.num_layers, every_layer_full=no_exits)
+        return StackPlanner(
+            exits,
+            self.num_layers,
+            every_layer_full=no_exits,
+            step=step,
+            causal=causal,
+            ordered=self.exit_impl == "skip",
+        )
 
     def run_layers(
         self, states: List[Tensor], planner: StackPlanner, inputs: LayerInputs, keep_states: bool
     ) -> StackRun:
         """Run every layer, as ``planner`` (from ``plan``) plans them, on ``states[-1]`` (T, B, C).
 
-        With ``keep_states`` each layer's output is appended to ``states``;
-        without, the list is emptied, so that (the caller holding no other
-        reference) no state outlives the layer that reads it: one state less
-        at the memory peak. A rule decides after each layer below the top
-        which of its active positions exit there.
+        The skip path works on the states in the planner's order (each row's
+        positions deepest exit first, so that every layer's are a prefix) and
+        puts them back once at the end. With ``keep_states`` each layer's output
+        is appended to ``states``; without, the list is emptied, so that (the
+        caller holding no other reference) no state outlives the layer that reads
+        it: one state less at the memory peak. A rule decides after each layer
+        below the top which of its active positions exit there.
         """
         x = states[-1]
         if not keep_states:
@@ -94,6 +104,9 @@ class PlannedStackMixin:
         rule = self._active_rule()
         # What the rule carries for each position from one layer to the next, in this forward only.
         memory = PositionMemory(planner.exits.shape, x.device) if rule is not None else None
+        order = planner.order
+        if order is not None:
+            x = order.sort(x)
         decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
             # The input stays referenced only while a rule may read it (the state before the layer).
@@ -101,23 +114,45 @@ class PlannedStackMixin:
             x = self._run_layer(layer, x, i, planner, inputs)
             if rule is not None and i < self.num_layers and rule.decides_at(i):
                 decision_flops += self._decide_exits(rule, i, x, before, planner, memory)
+                x, order = self._follow_order(x, order, planner.order, inputs)
             if keep_states:
-                states.append(x)
+                states.append(x if order is None else order.unsort(x))
+        if order is not None:
+            x = order.unsort(x)
         return StackRun(x, planner.exits, decision_flops)
+
+    @staticmethod
+    def _follow_order(x: Tensor, old, new, inputs: LayerInputs):
+        """``x`` moved from the ``old`` order of the planner to its ``new`` one (a rule exited some)."""
+        if old is new:
+            return x, new
+        if old is not None:
+            x = old.unsort(x)
+        if new is not None:
+            x = new.sort(x)
+        if inputs.self_cache is not None:
+            inputs.self_cache.follow(new)
+        return x, new
 
     def _decide_exits(
         self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
     ) -> float:
         """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost."""
-        rows, times = planner.active_indices(layer)
-        if rows.numel() == 0:
+        where = planner.active_positions(layer)
+        if where.row.numel() == 0:
             return 0.0
         exits = planner.exits
+        at_states = (where.state_time, where.state_row)
         decided = rule.decide(
-            self, layer, after[times, rows], before[times, rows], exits[rows, times], memory=memory.at(rows, times)
+            self,
+            layer,
+            after[at_states],
+            before[at_states],
+            exits[where.row, where.time],
+            memory=memory.at(where.row, where.time),
         )
-        planner.set_exits(exits.index_put((rows, times), decided))
-        return rows.numel() * rule.decision_flops(self, layer)
+        planner.set_exits(exits.index_put((where.row, where.time), decided))
+        return where.row.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -268,21 +303,32 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if incremental_state is not None and enc is not None and prev_output_tokens.size(1) == tokens.size(1):
             kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
-        planner = self.plan(self.token_exits(tokens))
+        step = incremental_state is not None
+        planner = self.plan(self.token_exits(tokens), step=step, causal=not step)
         padding_mask = pad if planner.any_padding(pad) else None  # the step's one host read
         self_cache = None
-        if incremental_state is not None and self.exit_impl == "skip":
-            self_cache = kv_cache.SelfAttentionCache.for_step(self, incremental_state, x.size(1), padding_mask)
+        if step and self.exit_impl == "skip":
+            order = planner.order
+            self_cache = kv_cache.SelfAttentionCache.for_step(self, incremental_state, x.size(1), padding_mask, order)
+        source_keep = None
+        cross_attn = self.layers[0].encoder_attn
+        own_attention = self_cache is not None or (self.exit_impl == "skip" and not planner.every_layer_full)
+        if enc is not None and cross_attn is not None and own_attention:
+            # For the layers that run the plugin's own attention (a rule may order the states later).
+            source_keep = kv_cache.source_keep(cross_attn, enc_padding_mask, incremental_state)
         inputs = LayerInputs(
             padding_mask=padding_mask,
             encoder_out=enc,
             encoder_padding_mask=enc_padding_mask,
+            source_keep=source_keep,
             incremental_state=incremental_state,
             self_cache=self_cache,
-            self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
+            self_attn_mask=None if step else self.buffered_future_mask(x),
         )
+        # Teacher-forced, each layer's output is returned (multi-exit criteria read them);
+        # a generation step needs none of them.
         inner_states: List[Optional[Tensor]] = [x]
-        run = self.run_layers(inner_states, planner, inputs, keep_states=True)
+        run = self.run_layers(inner_states, planner, inputs, keep_states=not step)
         x, exits = run.x, run.exits
 
         if self.layer_norm is not None:

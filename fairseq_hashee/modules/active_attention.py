@@ -1,10 +1,11 @@
 """Attention computed for active queries only, over keys of every position.
 
 HashEE's saving lives here: the query projection, the scores, the weighted sum
-and the output projection run for the tokens a layer still updates, while the
-keys and values cover every position, exited ones included (docs/design.md
-section 3). The projections are fairseq's own ``MultiheadAttention`` modules,
-so parameter names stay those of fairseq's BART.
+and the output projection run for the tokens a layer still updates (the first
+positions of each ordered row, modules/layer_plan.py), while the keys and
+values cover every position, exited ones included (docs/design.md section 3).
+The projections are fairseq's own ``MultiheadAttention`` modules, so parameter
+names stay those of fairseq's BART.
 """
 
 from typing import Optional, Tuple
@@ -15,7 +16,6 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
 from .few_rows_linear import few_rows_linear
-from .layer_plan import ActivePositions
 
 
 def _fused_kv_parameters(attn: MultiheadAttention) -> Tuple[Tensor, Optional[Tensor]]:
@@ -57,58 +57,53 @@ def project_kv(attn: MultiheadAttention, x: Tensor) -> Tuple[Tensor, Tensor]:
     return kv[0], kv[1]
 
 
-def pack(values: Tensor, plan: ActivePositions, fill) -> Tensor:
-    """Scatter per-position ``values`` (N, ...) into (Ba, n_slots, ...) by rank and slot;
-    slots a row does not use hold ``fill``."""
-    num_rows = plan.rows.numel()
-    if values.size(0) == num_rows * plan.n_slots:
-        # Row-major order with every slot used: packing is a reshape.
-        return values.reshape((num_rows, plan.n_slots) + values.shape[1:])
-    packed = values.new_full((num_rows, plan.n_slots) + values.shape[1:], fill)
-    return packed.index_put((plan.rank, plan.slot), values)
+def attend(
+    attn: MultiheadAttention, query: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor] = None
+) -> Tensor:
+    """Multi-head attention output (Tq, B, C) of the time-major ``query`` states (Tq, B, C).
+
+    ``keys``/``values`` are (B, heads, S, head_dim); ``mask`` (B, 1, Tq, S) or any shape
+    that broadcasts to it, True where a query sees a key (None: every key).
+    """
+    num_heads, head_dim = attn.num_heads, attn.head_dim
+    tq, bsz, _ = query.shape
+    q = few_rows_linear(attn.q_proj, query).view(tq, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=_dropout_p(attn))
+    return few_rows_linear(attn.out_proj, out.permute(2, 0, 1, 3).reshape(tq, bsz, num_heads * head_dim))
 
 
-def unpack(packed: Tensor, plan: ActivePositions) -> Tensor:
-    """Inverse of ``pack``: (Ba, n_slots, ...) back to (N, ...) in the plan's order."""
-    if plan.flat.numel() == packed.size(0) * packed.size(1):
-        return packed.reshape((-1,) + packed.shape[2:])
-    return packed[plan.rank, plan.slot]
-
-
-def attend_active(
+def attend_grouped(
     attn: MultiheadAttention,
     query: Tensor,
     keys: Tensor,
     values: Tensor,
-    plan: ActivePositions,
-    key_padding_mask: Optional[Tensor] = None,
-    query_positions: Optional[Tensor] = None,
+    mask: Optional[Tensor],
+    groups: Optional[Tuple[Tensor, Tensor]],
+    per_group: int,
 ) -> Tensor:
-    """Multi-head attention output (N, C) for the active ``query`` states (N, C).
+    """Attention output (N, C) of ``query`` (N, C), where each query reads the keys of its group.
 
-    ``keys``/``values`` are (Ba, heads, S, head_dim), one row per entry of
-    ``plan.rows``; ``key_padding_mask`` (Ba, S) is True at padding.
-    ``query_positions`` (N,), when given, makes the attention causal: a query
-    sees the keys at positions up to and including its own.
+    ``keys``/``values`` are (G, heads, S, head_dim), one row per group (fairseq's beamable
+    cross-attention cache: a sentence's row, which its hypotheses share); ``groups`` gives
+    each query's (group, slot), slots below ``per_group``; None: the queries are every slot
+    of every group in order. Queries of a group are attended together as the slots of one
+    row, so no group's keys are copied; slots without a query attend with a zero query.
     """
     num_heads, head_dim = attn.num_heads, attn.head_dim
-    q = few_rows_linear(attn.q_proj, query).view(-1, num_heads, head_dim)
-    q = pack(q, plan, 0.0).transpose(1, 2)  # (Ba, heads, n_slots, head_dim)
-
-    src_len = keys.size(2)
-    mask: Optional[Tensor] = None
-    if key_padding_mask is not None:
-        # fairseq's own attention may have cached the mask as floats (1.0 = pad).
-        mask = key_padding_mask[:, None, None, :].logical_not()
-    if query_positions is not None:
-        # Unused slots see every key, which keeps their softmax finite.
-        last = pack(query_positions, plan, src_len - 1)
-        causal = torch.arange(src_len, device=keys.device) <= last[:, :, None]
-        causal = causal[:, None, :, :]
-        mask = causal if mask is None else mask & causal
-
-    drop = attn.dropout_module
-    dropout_p = drop.p if (attn.training or drop.apply_during_inference) else 0.0
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p)
-    out = unpack(out.transpose(1, 2), plan).reshape(-1, num_heads * head_dim)
+    channels = num_heads * head_dim
+    num_groups = keys.size(0)
+    q = few_rows_linear(attn.q_proj, query)
+    if groups is None:
+        packed = q.view(num_groups, per_group, channels)
+    else:
+        packed = q.new_zeros(num_groups, per_group, channels).index_put_(groups, q)
+    packed = packed.view(num_groups, per_group, num_heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, dropout_p=_dropout_p(attn))
+    out = out.transpose(1, 2)
+    out = out.reshape(-1, channels) if groups is None else out[groups].view(-1, channels)
     return few_rows_linear(attn.out_proj, out)
+
+
+def _dropout_p(attn: MultiheadAttention) -> float:
+    drop = attn.dropout_module
+    return drop.p if (attn.training or drop.apply_during_inference) else 0.0

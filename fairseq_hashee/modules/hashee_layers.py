@@ -3,24 +3,26 @@
 The classes subclass fairseq's own layers, so parameters, names and the stock
 ``forward`` are fairseq's. Both layer types have one entry point,
 ``forward_plan(x, plan, inputs)``: no work for ``Plan.SKIP``, fairseq's own
-layer for ``Plan.EVERY``, and for ``ActivePositions`` a forward that gathers
-the positions the layer still updates, runs the query side of attention, the
-norms and the feed-forward block on them alone, and scatters the results
-back; frozen positions keep their state and still serve as keys and values.
+layer for ``Plan.EVERY``, and for a ``Prefix`` (states ordered by exit layer,
+modules/layer_plan.py) a forward that runs the query side of attention, the
+norms and the feed-forward block on the first positions of each row alone,
+a narrow view, and writes them back in place of the old ones; frozen positions
+keep their state and still serve as keys and values.
 """
 
 from typing import NamedTuple, Optional
 
+import torch
 from fairseq.modules.transformer_layer import (
     TransformerDecoderLayerBase,
     TransformerEncoderLayerBase,
 )
 from torch import Tensor
 
-from .active_attention import attend_active, project_kv
+from .active_attention import attend, attend_grouped, project_kv
 from .few_rows_linear import few_rows_linear
 from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv
-from .layer_plan import ActivePositions, LayerPlan, Plan, grouped_by_source
+from .layer_plan import LayerPlan, Plan, Prefix
 
 
 class LayerInputs(NamedTuple):
@@ -28,23 +30,27 @@ class LayerInputs(NamedTuple):
 
     padding_mask: Optional[Tensor]  # (B, T) True at padding among this call's positions; None: none
     encoder_out: Optional[Tensor] = None  # (S, B, C), decoder only
-    encoder_padding_mask: Optional[Tensor] = None  # (B, S)
+    encoder_padding_mask: Optional[Tensor] = None  # (B, S), for fairseq's own layers
+    source_keep: Optional[Tensor] = None  # (rows, 1, 1, S) source positions a query sees; None: all
     incremental_state: Optional[IncrementalState] = None  # decoder, one step at a time
     self_cache: Optional[SelfAttentionCache] = None  # decoder, one step at a time, skip path
     self_attn_mask: Optional[Tensor] = None  # decoder, teacher-forced: the causal (future) mask
     in_place: bool = False  # updates may be written into ``x`` itself (nothing else holds it)
 
 
-def _take_rows(t: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:
-    return t if t is None or rows is None else t.index_select(0, rows)
-
-
-def _scatter(x: Tensor, plan: ActivePositions, updated: Tensor, in_place: bool) -> Tensor:
-    """``x`` with the plan's positions replaced by ``updated`` (N, C)."""
+def _write_prefix(x: Tensor, update: Tensor, write_mask: Optional[Tensor], in_place: bool, dim: int = 0) -> Tensor:
+    """``x`` with its first positions (along ``dim``) replaced by ``update`` where ``write_mask``
+    (None: everywhere); the positions after them keep their states."""
+    size = update.size(dim)
+    old = x.narrow(dim, 0, size)
+    if write_mask is not None:
+        update = torch.where(write_mask, update, old)
     if in_place:
-        x.view(-1, x.size(-1)).index_copy_(0, plan.flat, updated)
+        old.copy_(update)
         return x
-    return x.reshape(-1, x.size(-1)).index_copy(0, plan.flat, updated).view_as(x)
+    if size == x.size(dim):
+        return update
+    return torch.cat([update, x.narrow(dim, size, x.size(dim) - size)], dim=dim)
 
 
 class _PlannedLayer:
@@ -56,7 +62,7 @@ class _PlannedLayer:
             return x
         if plan is Plan.EVERY:
             return self.forward_stock(x, inputs)
-        return self.forward_active(x, plan, inputs)
+        return self.forward_prefix(x, plan, inputs)
 
     def _close_residual(self, update: Tensor, residual: Tensor, layer_norm) -> Tensor:
         out = self.residual_connection(self.dropout_module(update), residual)
@@ -72,25 +78,22 @@ class _PlannedLayer:
     def _attention_input(self, x: Tensor, layer_norm) -> Tensor:
         return layer_norm(x) if self.normalize_before else x
 
-    @staticmethod
-    def _gather(x: Tensor, plan: ActivePositions) -> Tensor:
-        return x.reshape(-1, x.size(-1)).index_select(0, plan.flat)
+    def _self_attention(self, x: Tensor, plan: Prefix) -> Tensor:
+        """Self-attention sublayer of the plan's positions (plan.size, B, C), keys from the
+        first ``plan.keys`` positions of each row (exited ones included)."""
+        kv_in = self._attention_input(x[: plan.keys], self.self_attn_layer_norm)
+        keys, values = project_kv(self.self_attn, kv_in)
+        attn = attend(self.self_attn, kv_in[: plan.size], keys, values, plan.attn_mask)
+        return self._close_residual(attn, x[: plan.size], self.self_attn_layer_norm)
 
 
 class HashEEEncoderLayer(_PlannedLayer, TransformerEncoderLayerBase):
     def forward_stock(self, x: Tensor, inputs: LayerInputs) -> Tensor:
         return self(x, encoder_padding_mask=inputs.padding_mask)
 
-    def forward_active(self, x: Tensor, plan: ActivePositions, inputs: LayerInputs) -> Tensor:
-        rows = None if plan.all_rows else plan.rows
-        # Keys and values come from every position of the rows that have a query.
-        kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        keys, values = project_kv(self.self_attn, kv_in if rows is None else kv_in.index_select(1, rows))
-        attn = attend_active(
-            self.self_attn, self._gather(kv_in, plan), keys, values, plan, _take_rows(inputs.padding_mask, rows)
-        )
-        h = self._close_residual(attn, self._gather(x, plan), self.self_attn_layer_norm)
-        return _scatter(x, plan, self._feed_forward(h), inputs.in_place)
+    def forward_prefix(self, x: Tensor, plan: Prefix, inputs: LayerInputs) -> Tensor:
+        update = self._feed_forward(self._self_attention(x, plan))
+        return _write_prefix(x, update, plan.write_mask, inputs.in_place)
 
 
 class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
@@ -98,7 +101,7 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
 
     Incrementally (``inputs.self_cache``, modules/kv_cache.py) every step's
     input to this layer reaches the cache: deferred when the step has no
-    active position here, projected when a step needs keys. Every key a query
+    active row here, projected when a step needs keys. Every key a query
     reads is thus projected from that position's input to this layer, its
     frozen state if it exited below (the KV-cache invariant, docs/design.md
     section 4). A step with every row active runs the same path, so the cache
@@ -113,11 +116,13 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         if plan is Plan.SKIP:
             cache.defer(self.self_attn, kv_in)
             return x
-        if plan is Plan.EVERY:
-            plan = cache.every_row()
-        rows = None if plan.all_rows else plan.rows
-        keys, values, key_pad = cache.keys_values(self.self_attn, kv_in, rows)
-        return self._update_active(x, kv_in, plan, keys, values, key_pad, inputs)
+        size = x.size(1) if plan is Plan.EVERY else plan.size
+        keys, values, keep = cache.keys_values(self.self_attn, kv_in, size)
+        attn = attend(self.self_attn, kv_in[:, :size], keys, values, keep)
+        h = self._close_residual(attn, x[:, :size], self.self_attn_layer_norm)
+        if self.encoder_attn is not None and inputs.encoder_out is not None:
+            h = self._cross_attention_step(h, cache, inputs)
+        return _write_prefix(x, self._feed_forward(h), None, in_place=False, dim=1)
 
     def forward_stock(self, x: Tensor, inputs: LayerInputs) -> Tensor:
         out, _, _ = self(
@@ -130,60 +135,41 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         )
         return out
 
-    def forward_active(self, x: Tensor, plan: ActivePositions, inputs: LayerInputs) -> Tensor:
-        rows = None if plan.all_rows else plan.rows
-        kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        keys, values = project_kv(self.self_attn, kv_in if rows is None else kv_in.index_select(1, rows))
-        return self._update_active(x, kv_in, plan, keys, values, _take_rows(inputs.padding_mask, rows), inputs)
+    def forward_prefix(self, x: Tensor, plan: Prefix, inputs: LayerInputs) -> Tensor:
+        h = self._self_attention(x, plan)
+        if self.encoder_attn is not None and inputs.encoder_out is not None:
+            keys, values = cross_attention_kv(self.encoder_attn, inputs.encoder_out, None, None, x.size(1))
+            source_keep = inputs.source_keep
+            if keys.size(0) != x.size(1):
+                # One encoder row per sentence (fairseq's beamable shortcut) teacher-forced: rescoring
+                # a beam's hypotheses; each hypothesis reads its sentence's row.
+                per_sentence = x.size(1) // keys.size(0)
+                keys, values = (t.repeat_interleave(per_sentence, dim=0) for t in (keys, values))
+                if source_keep is not None:
+                    source_keep = source_keep.repeat_interleave(per_sentence, dim=0)
+            attn = attend(
+                self.encoder_attn, self._attention_input(h, self.encoder_attn_layer_norm), keys, values, source_keep
+            )
+            h = self._close_residual(attn, h, self.encoder_attn_layer_norm)
+        return _write_prefix(x, self._feed_forward(h), plan.write_mask, in_place=False)
 
-    def _update_active(
-        self,
-        x: Tensor,
-        kv_in: Tensor,
-        plan: ActivePositions,
-        keys: Tensor,
-        values: Tensor,
-        key_pad: Optional[Tensor],
-        inputs: LayerInputs,
-    ) -> Tensor:
-        """Self-attention, cross-attention and feed-forward for the plan's positions;
-        ``keys``/``values`` (len(plan.rows), heads, S, head_dim) end with this call's positions."""
-        num_rows, new_len = x.size(1), x.size(0)
-        rows = None if plan.all_rows else plan.rows
-        attn = attend_active(
-            self.self_attn,
-            self._gather(kv_in, plan),
+    def _cross_attention_step(self, h: Tensor, cache: SelfAttentionCache, inputs: LayerInputs) -> Tensor:
+        """Cross-attention of one step's active rows (1, N, C), grouped by the cache's source rows."""
+        keys, values = cross_attention_kv(
+            self.encoder_attn,
+            inputs.encoder_out,
+            inputs.encoder_padding_mask,
+            inputs.incremental_state,
+            cache.ancestry.size(0),
+        )
+        num_groups, num_queries = keys.size(0), h.size(1)
+        attn = attend_grouped(
+            self.encoder_attn,
+            self._attention_input(h, self.encoder_attn_layer_norm)[0],
             keys,
             values,
-            plan,
-            key_pad,
-            # One new position per row sees every key: no causal mask needed.
-            query_positions=plan.time + (keys.size(2) - new_len) if new_len > 1 else None,
+            inputs.source_keep,
+            cache.source_groups(num_queries, num_groups),
+            cache.ancestry.size(0) // num_groups,
         )
-        h = self._close_residual(attn, self._gather(x, plan), self.self_attn_layer_norm)
-
-        if self.encoder_attn is not None and inputs.encoder_out is not None:
-            enc_keys, enc_values, enc_pad = cross_attention_kv(
-                self.encoder_attn,
-                inputs.encoder_out,
-                inputs.encoder_padding_mask,
-                inputs.incremental_state,
-                num_rows,
-            )
-            if enc_keys.size(0) == num_rows:
-                enc_plan = plan
-                enc_keys, enc_values, enc_pad = (_take_rows(t, rows) for t in (enc_keys, enc_values, enc_pad))
-            else:  # fairseq's beamable cache: one row per sentence
-                enc_plan = grouped_by_source(plan, enc_keys.size(0))
-            residual = h
-            attn = attend_active(
-                self.encoder_attn,
-                self._attention_input(h, self.encoder_attn_layer_norm),
-                enc_keys,
-                enc_values,
-                enc_plan,
-                enc_pad,
-            )
-            h = self._close_residual(attn, residual, self.encoder_attn_layer_norm)
-
-        return _scatter(x, plan, self._feed_forward(h), in_place=False)
+        return self._close_residual(attn.unsqueeze(0), h, self.encoder_attn_layer_norm)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import HashEEError
 from .active_attention import project_kv, project_kv_fused
-from .layer_plan import ActivePositions, every_row
+from .layer_plan import RowOrder
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -43,24 +43,29 @@ PREV_KEY_PADDING_MASK = "prev_key_padding_mask"
 # tail (at most GROWTH - 1 positions) keeps peak memory at stock BART's.
 GROWTH = 4
 
-KeysValues = Tuple[Tensor, Tensor, Optional[Tensor]]  # keys, values, key padding mask (True = pad)
+KeysValues = Tuple[Tensor, Tensor, Optional[Tensor]]  # keys, values, which keys each query sees (None: all)
 
 
 class _LayerStore:
-    """One layer's keys and values, (capacity, physical rows, C) each, and the inputs
-    of the positions whose projection waits (from ``projected`` to the last)."""
+    """One layer's keys and values side by side, (capacity, physical rows, 2C), and the
+    inputs of the positions whose projection waits (from ``projected`` to the last)."""
 
-    __slots__ = ("keys", "values", "inputs", "projected")
+    __slots__ = ("kv", "inputs", "projected")
 
     def __init__(self):
-        self.keys: Optional[Tensor] = None
-        self.values: Optional[Tensor] = None
+        self.kv: Optional[Tensor] = None
         self.inputs: Optional[Tensor] = None
         self.projected = 0
 
 
 class SelfAttentionCache:
-    """Every decoder layer's self-attention keys and values of one incremental generation."""
+    """Every decoder layer's self-attention keys and values of one incremental generation.
+
+    A step works on its rows in the planner's order (``RowOrder``: deepest exit
+    first, so each layer's queries are the first rows). Its column is stored in
+    the order the step began with: physical row ``j`` holds the row at place
+    ``j``, and the ancestry map records where each row went.
+    """
 
     STATE_KEY = "self_attention_cache"
 
@@ -70,27 +75,39 @@ class SelfAttentionCache:
         self.live: List[int] = []  # live rows at each position
         # ancestry[r, s]: the physical row holding row r's key at position s.
         self.ancestry = torch.empty(num_rows, 0, dtype=torch.long, device=device)
+        self._offsets = self.ancestry.new_zeros(0)  # s * physical rows, per position of the capacity
         self.padding: Optional[Tensor] = None  # (capacity, physical rows, 1), True at padding, once any
         self._stores: Dict[str, _LayerStore] = {}
-        self._index_all: Optional[Tensor] = None  # this step's gather index of every live row
-        self._every_row: Optional[ActivePositions] = None  # the plan of a step with every row active
+        self._order: Optional[RowOrder] = None  # the order the layers see this step's rows in
+        self._physical: Optional[Tensor] = None  # physical row of each place, when not its own
+        self._index: Optional[Tensor] = None  # this step's gather index of every row, in order
+        self._keep: Optional[Tensor] = None  # this step's keys that each row sees, in order
+        self._groups: Optional[Tuple[int, Optional[Tuple[Tensor, Tensor]]]] = None
 
     @classmethod
-    def for_step(cls, decoder, incremental_state: IncrementalState, num_rows: int, padding: Optional[Tensor]):
+    def for_step(
+        cls,
+        decoder,
+        incremental_state: IncrementalState,
+        num_rows: int,
+        padding: Optional[Tensor],
+        order: Optional[RowOrder],
+    ):
         """The generation's cache, advanced to a new position for ``num_rows`` rows whose
-        padding (rows, 1) is ``padding`` (None: no padding)."""
+        padding (rows, 1) is ``padding`` (None: no padding), seen by the layers in ``order``
+        (None: as they are)."""
         cache = decoder.get_incremental_state(incremental_state, cls.STATE_KEY)
         if cache is None:
-            cache = cls(num_rows, padding.device if padding is not None else decoder.exit_table.device)
+            cache = cls(num_rows, decoder.exit_table.device)
             decoder.set_incremental_state(incremental_state, cls.STATE_KEY, cache)
-        cache._begin_step(num_rows, padding)
+        cache._begin_step(num_rows, padding, order)
         return cache
 
     @classmethod
     def of(cls, decoder, incremental_state: IncrementalState) -> Optional["SelfAttentionCache"]:
         return decoder.get_incremental_state(incremental_state, cls.STATE_KEY)
 
-    def _begin_step(self, num_rows: int, padding: Optional[Tensor]) -> None:
+    def _begin_step(self, num_rows: int, padding: Optional[Tensor], order: Optional[RowOrder]) -> None:
         if num_rows != self.ancestry.size(0):
             raise HashEEError(
                 f"incremental decoding: a step has {num_rows} rows but the cache was reordered to "
@@ -99,15 +116,27 @@ class SelfAttentionCache:
         t = self.length
         if t == self.ancestry.size(1):
             self.ancestry = torch.cat([self.ancestry, self.ancestry.new_zeros(num_rows, GROWTH)], dim=1)
-        rows = torch.arange(num_rows, device=self.ancestry.device)
-        self.ancestry[:, t] = rows
+            self._offsets = torch.arange(self.ancestry.size(1), device=self.ancestry.device) * self.num_physical
+        self.ancestry[:, t] = torch.arange(num_rows, device=self.ancestry.device) if order is None else order.places
         if padding is not None or self.padding is not None:
             like = padding if padding is not None else self.padding
             self.padding = _room(self.padding, self.ancestry.size(1), self.num_physical, like)
-            self.padding[t, :num_rows] = False if padding is None else padding
+            if padding is None:
+                self.padding[t, :num_rows] = False
+            else:
+                self.padding[t, :num_rows] = padding if order is None else padding.index_select(0, order.rows)
         self.live.append(num_rows)
         self.length = t + 1
-        self._index_all = None
+        self._order, self._physical = order, None
+        self._forget_step_indices()
+
+    def follow(self, order: Optional[RowOrder]) -> None:
+        """The layers above see this step's rows in a new ``order`` (a rule exited some): the
+        step's keys still go to the physical rows it began with (None: the rows as they are)."""
+        column = self.ancestry[:, self.length - 1]
+        self._order = order
+        self._physical = column.clone() if order is None else column.index_select(0, order.rows)
+        self._forget_step_indices()
 
     def reorder(self, new_order: Tensor) -> None:
         """Beam search's reorder: row r continues old row ``new_order[r]``; no key moves."""
@@ -117,19 +146,22 @@ class SelfAttentionCache:
                 f"{self.num_physical} the generation started with"
             )
         self.ancestry = self.ancestry.index_select(0, new_order)
-        self._index_all = None
+        self._forget_step_indices()
+
+    def _forget_step_indices(self) -> None:
+        self._index = self._keep = self._groups = None
 
     def defer(self, attn: MultiheadAttention, kv_in: Tensor) -> None:
         """Keep this step's layer inputs ``kv_in`` (1, rows, C) until a query needs their keys."""
         store = self._store(attn)
         waiting = self.length - 1 - store.projected  # positions already waiting before this one
         store.inputs = _room(store.inputs, waiting + 1, self.num_physical, kv_in)
-        store.inputs[waiting, : kv_in.size(1)] = kv_in[0]
+        self._write(store.inputs[waiting], kv_in[0])
 
-    def keys_values(self, attn: MultiheadAttention, kv_in: Tensor, rows: Optional[Tensor]) -> KeysValues:
-        """Keys and values (len(rows), heads, positions, head_dim) of ``rows`` (None: every
-        live row), up to this step, whose layer inputs are ``kv_in`` (1, rows, C); waiting
-        positions are projected first, in one product with this step's."""
+    def keys_values(self, attn: MultiheadAttention, kv_in: Tensor, num_queries: int) -> KeysValues:
+        """Keys and values (num_queries, heads, positions, head_dim) of the first ``num_queries``
+        rows in the step's order, up to this step, whose layer inputs are ``kv_in`` (1, rows, C);
+        waiting positions are projected first, in one product with this step's."""
         store = self._store(attn)
         t = self.length - 1
         first = store.projected
@@ -138,34 +170,47 @@ class SelfAttentionCache:
             # Later positions have no more live rows than the first waiting one.
             kv_in, store.inputs = store.inputs[: t + 1 - first, : self.live[first]], None
         kv = project_kv_fused(attn, kv_in)  # (positions, rows, 2C)
-        channels = kv.size(-1) // 2
-        capacity = self.ancestry.size(1)
-        store.keys = _room(store.keys, capacity, self.num_physical, kv[..., :channels])
-        store.values = _room(store.values, capacity, self.num_physical, kv[..., :channels])
-        store.keys[first : t + 1, : kv.size(1)] = kv[..., :channels]
-        store.values[first : t + 1, : kv.size(1)] = kv[..., channels:]
+        store.kv = _room(store.kv, self.ancestry.size(1), self.num_physical, kv)
+        if first < t:  # the waiting inputs were kept by physical row
+            store.kv[first : t + 1, : kv.size(1)] = kv
+        else:
+            self._write(store.kv[t], kv[0])
         store.projected = t + 1
 
-        index = self._gather_index(rows)
-        shape = (index.size(0), self.length, attn.num_heads, attn.head_dim)
-        flat = index.view(-1)
-        keys = store.keys.view(-1, channels).index_select(0, flat).view(shape).transpose(1, 2)
-        values = store.values.view(-1, channels).index_select(0, flat).view(shape).transpose(1, 2)
-        padding = None
-        if self.padding is not None:
-            padding = self.padding.view(-1).index_select(0, flat).view(index.shape)
-        return keys, values, padding
+        index = self._gather_index()[:num_queries]
+        gathered = store.kv.view(-1, kv.size(-1)).index_select(0, index.reshape(-1))
+        gathered = gathered.view(num_queries, self.length, 2, attn.num_heads, attn.head_dim)
+        keys, values = gathered.permute(2, 0, 3, 1, 4).unbind(0)
+        keep = None if self._keep is None else self._keep[:num_queries]
+        return keys, values, keep
 
-    def every_row(self) -> ActivePositions:
-        """The plan of this step with every live row active: the same for every layer."""
-        num_rows = self.ancestry.size(0)
-        if self._every_row is None or self._every_row.batch_size != num_rows:
-            self._every_row = every_row(num_rows, self.ancestry.device)
-        return self._every_row
+    def source_groups(self, num_queries: int, num_groups: int) -> Optional[Tuple[Tensor, Tensor]]:
+        """(group, slot) of the first ``num_queries`` rows in the step's order, where a group is a
+        row of the cross-attention cache (a sentence, under beamable attention) and a slot one
+        of its hypotheses; None where they are every row in order."""
+        per_group = self.ancestry.size(0) // num_groups
+        if self._order is None and num_queries == self.ancestry.size(0):
+            return None
+        if self._groups is None or self._groups[0] != per_group:
+            rows = (
+                self._order.rows
+                if self._order is not None
+                else torch.arange(per_group * num_groups, device=self.ancestry.device)
+            )
+            self._groups = (per_group, (torch.div(rows, per_group, rounding_mode="floor"), rows % per_group))
+        group, slot = self._groups[1]
+        return group[:num_queries], slot[:num_queries]
 
     def pending(self, attn: MultiheadAttention) -> int:
         """How many positions' inputs wait unprojected at this layer."""
         return self.length - self._store(attn).projected
+
+    def _write(self, column: Tensor, rows: Tensor) -> None:
+        """Write a step's ``rows`` (rows, C), in the layers' order, into ``column`` (physical rows, C)."""
+        if self._physical is None:
+            column[: rows.size(0)] = rows
+        else:
+            column.index_copy_(0, self._physical, rows)
 
     def _store(self, attn: MultiheadAttention) -> _LayerStore:
         store = self._stores.get(attn._incremental_state_id)
@@ -173,17 +218,17 @@ class SelfAttentionCache:
             store = self._stores[attn._incremental_state_id] = _LayerStore()
         return store
 
-    def _gather_index(self, rows: Optional[Tensor]) -> Tensor:
-        """(rows, positions): where in a store flattened to (positions * physical rows, C)
-        each of ``rows``'s keys is."""
-        if rows is None and self._index_all is not None:
-            return self._index_all
-        ancestry = self.ancestry[:, : self.length] if rows is None else self.ancestry[rows, : self.length]
-        offsets = torch.arange(self.length, device=ancestry.device) * self.num_physical
-        index = ancestry + offsets
-        if rows is None:
-            self._index_all = index
-        return index
+    def _gather_index(self) -> Tensor:
+        """(rows, positions), rows in the step's order: where in a store flattened to
+        (positions * physical rows, C) each row's key is. Made once a step, with the keys
+        each row sees."""
+        if self._index is None:
+            ancestry = self.ancestry if self._order is None else self.ancestry.index_select(0, self._order.rows)
+            self._index = ancestry[:, : self.length] + self._offsets[: self.length]
+            if self.padding is not None:
+                padding = self.padding.view(-1).index_select(0, self._index.view(-1))
+                self._keep = padding.logical_not().view(self._index.size(0), 1, 1, self.length)
+        return self._index
 
 
 def _stock_layout(t: Tensor) -> Tensor:
@@ -210,8 +255,8 @@ def cross_attention_kv(
     encoder_padding_mask: Optional[Tensor],
     incremental_state: Optional[IncrementalState],
     num_rows: int,
-) -> KeysValues:
-    """Keys and values of the encoder output (T, B, C) for cross-attention.
+) -> Tuple[Tensor, Tensor]:
+    """Keys and values of the encoder output (T, B, C) for cross-attention, (rows, heads, T, head_dim).
 
     Teacher-forced they are projected per call; incrementally, once per
     generation (at its first step, ``project_sources``) and kept. With fairseq's
@@ -219,8 +264,7 @@ def cross_attention_kv(
     stock BART does, and a sentence's hypotheses query it together.
     """
     if incremental_state is None:
-        keys, values = project_kv(attn, encoder_out)
-        return keys, values, encoder_padding_mask
+        return project_kv(attn, encoder_out)
     buffer = attn._get_input_buffer(incremental_state)
     if PREV_KEY not in buffer:
         beam = attn.beam_size
@@ -232,7 +276,20 @@ def cross_attention_kv(
         buffer[PREV_KEY], buffer[PREV_VALUE] = _stock_layout(keys), _stock_layout(values)
         buffer[PREV_KEY_PADDING_MASK] = encoder_padding_mask
         attn._set_input_buffer(incremental_state, buffer)
-    return buffer[PREV_KEY], buffer[PREV_VALUE], buffer.get(PREV_KEY_PADDING_MASK)
+    return buffer[PREV_KEY], buffer[PREV_VALUE]
+
+
+def source_keep(
+    attn: MultiheadAttention, encoder_padding_mask: Optional[Tensor], incremental_state: Optional[IncrementalState]
+) -> Optional[Tensor]:
+    """(rows, 1, 1, S): the source positions a cross-attention query sees, for every layer of
+    a forward (incrementally, the rows of the cache; None: every position)."""
+    if incremental_state is not None:
+        encoder_padding_mask = attn._get_input_buffer(incremental_state).get(PREV_KEY_PADDING_MASK)
+    if encoder_padding_mask is None:
+        return None
+    # fairseq's own attention may have cached the mask as floats (1.0 = pad).
+    return encoder_padding_mask.logical_not()[:, None, None, :]
 
 
 def project_sources(
