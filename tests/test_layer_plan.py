@@ -39,7 +39,7 @@ def test_every_layer_is_a_prefix_of_the_ordered_rows():
 
 def test_full_rows_need_no_mask():
     planner = StackPlanner(torch.tensor([[2, 1, 2], [1, 2, 2]]), num_layers=2)
-    assert planner(2) == Prefix(2, 2, 3)  # two active positions in every row, no padding
+    assert planner(2) == Prefix(2, 3)  # two active positions in every row, no padding
 
 
 def test_causal_masks_follow_time_not_slots():
@@ -62,7 +62,7 @@ def test_a_step_orders_its_rows():
     order = planner.order
     assert isinstance(order, RowOrder)
     assert order.rows.tolist() == [2, 0, 3, 1] and order.places.tolist() == [1, 3, 0, 2]
-    assert [planner(layer) for layer in (1, 2, 3)] == [Prefix(1, 3, 3), Prefix(2, 2, 2), Prefix(3, 1, 1)]
+    assert [planner(layer) for layer in (1, 2, 3)] == [Prefix(3, 3), Prefix(2, 2), Prefix(1, 1)]
     where = planner.active_positions(2)
     assert where.row.tolist() == [2, 0] and where.state_row.tolist() == [0, 1]
     assert planner.any_padding(exits == 0)

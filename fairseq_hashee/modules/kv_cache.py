@@ -3,7 +3,8 @@
 Self-attention (``SelfAttentionCache``, one per generation, kept in
 ``incremental_state`` under the decoder's key): every layer's keys and values
 live in storage indexed by (position, physical row), written once, in place,
-by the row that computed them. Which physical row holds a hypothesis's key at
+by the step that computed them, in the order its layers saw the rows
+(modules/layer_plan.py, ``RowOrder``). Which physical row holds a hypothesis's key at
 position s is the *ancestry* map, shared by every layer: beam search's
 reorder rewrites that small (rows, positions) index map and copies no key or
 value, and a step appends its column without copying the past (fairseq's

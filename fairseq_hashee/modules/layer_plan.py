@@ -48,7 +48,6 @@ class Prefix(NamedTuple):
     when every one of them is; ``attn_mask`` (B, 1, size, keys) says which keys a query sees
     (None: every key), for a teacher-forced forward."""
 
-    layer: int
     size: int
     keys: int  # positions per row that serve as keys: the live ones of the longest row
     write_mask: Optional[Tensor] = None
@@ -215,10 +214,7 @@ class StackPlanner:
     def order(self) -> Optional[Order]:
         """The order of the forward's states, None where no layer is partly active (the states
         stay as they are and full layers run fairseq's own code)."""
-        if self.every_layer_full:
-            return None
-        self.counts
-        return self._order
+        return None if self.every_layer_full or self.counts is None else self._order
 
     def __call__(self, layer: int) -> LayerPlan:
         """What ``layer`` (1-based) does."""
@@ -231,13 +227,13 @@ class StackPlanner:
         if order is None:
             return Plan.EVERY
         if isinstance(order, RowOrder):
-            return Prefix(layer, most, most)
+            return Prefix(most, most)
         keys = self.counts[0][0]
         write_mask = order.write_mask(layer, most) if fewest < most else None
         if self._attn_mask is None:
             self._attn_mask = order.attention_mask(keys, padded=self.num_live < self.exits.numel())
         attn_mask = None if self._attn_mask is None else self._attn_mask[:, :, :most]
-        return Prefix(layer, most, keys, write_mask, attn_mask)
+        return Prefix(most, keys, write_mask, attn_mask)
 
     def set_exits(self, exits: Tensor) -> None:
         """Exits changed by a rule after a layer: the layers above are planned (and ordered) anew."""
