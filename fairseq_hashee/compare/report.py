@@ -75,11 +75,11 @@ def side_by_side(rows: List[dict], documents: Dict[int, str], count: int = 3, wi
 
 def plot(rows: List[dict], path: str, title: str) -> None:
     """ROUGE-L against wall-clock speed-up, one curve per method: the quality/speed frontier."""
+    # fairseq's logging setup lets matplotlib print at DEBUG level, from its import on
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         import matplotlib
 
-        # fairseq's logging setup lets matplotlib's font search print at DEBUG level
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

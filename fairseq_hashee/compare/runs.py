@@ -70,21 +70,75 @@ def _last_error(log: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+# How often a training run says how far it is, and what fairseq's log lines say of it.
+PROGRESS_SECONDS = 30
+_UPDATES = re.compile(r"num_updates[= ](\d+)")
+_LOSS = re.compile(r"\bloss[= ]([-\d.]+)")
+_RESUMED = re.compile(r"Loaded checkpoint .* @ (\d+) updates")
+
+
 def run_tool(
-    module: str, args: Sequence[str], log: Path, what: str, stdout: Optional[Path] = None, threads: Optional[int] = None
+    module: str,
+    args: Sequence[str],
+    log: Path,
+    what: str,
+    stdout: Optional[Path] = None,
+    threads: Optional[int] = None,
+    progress: Optional[Callable[[float], None]] = None,
 ) -> None:
-    """Run ``python -m module args``; on failure one line naming the run, its error and its log."""
+    """Run ``python -m module args``; on failure one line naming the run, its error and its log.
+    ``progress`` is called with the seconds elapsed every ``PROGRESS_SECONDS`` while it runs."""
     command = [sys.executable, "-m", module, *map(str, args)]
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    started = time.monotonic()
     with open(log, "w", encoding="utf-8") as err:
         out = open(stdout, "w", encoding="utf-8") if stdout else err
         try:
-            proc = subprocess.run(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+            proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+            while True:
+                try:
+                    proc.wait(timeout=PROGRESS_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress is not None:
+                        progress(time.monotonic() - started)
         finally:
+            if proc.poll() is None:  # interrupted: the run goes with the comparison
+                proc.kill()
+                proc.wait()
             if stdout:
                 out.close()
     if proc.returncode != 0:
         raise HashEEError(f"{what} failed: {_last_error(log)} (log: {log})")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def training_progress(log: Path, name: str, total: int, say: Callable[[str], None]) -> Callable[[float], None]:
+    """What a training run reports while it runs: updates done of ``total``, the last logged
+    loss, elapsed and estimated remaining time, one line read from the end of its fairseq log."""
+
+    def report(elapsed: float) -> None:
+        text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        done = [int(m) for m in _UPDATES.findall(text[-20000:])]
+        if not done:
+            say(f"   {name}: starting ({_minutes(elapsed)} elapsed)")
+            return
+        resumed = _RESUMED.search(text[:20000])  # a resumed run started past update 0
+        first = int(resumed.group(1)) if resumed else 0
+        losses = _LOSS.findall(text[-20000:])
+        line = f"   {name}: {done[-1]}/{total} updates"
+        if losses:
+            line += f", loss {float(losses[-1]):.2f}"
+        line += f", {_minutes(elapsed)} elapsed"
+        if done[-1] > first:
+            left = elapsed / (done[-1] - first) * max(total - done[-1], 0)
+            line += f", about {_minutes(left)} left"
+        say(line)
+
+    return report
 
 
 def _train_args(data: Data, save_dir: Path, start: Optional[Path], options: Sequence[str], updates: int) -> List[str]:
@@ -113,14 +167,18 @@ def train_stage(
     options: Sequence[str],
     updates: int,
     threads: Optional[int] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> Path:
-    """Train one stage into ``save_dir`` (kept when this run finished before); its best checkpoint."""
+    """Train one stage into ``save_dir`` (kept when this run finished before); its best checkpoint.
+    With ``say``, the run reports its progress every ``PROGRESS_SECONDS``."""
     best = save_dir / "checkpoint_best.pt"
     if stage_finished(data, save_dir, start, options, updates):
         return best
     save_dir.mkdir(parents=True, exist_ok=True)
     args = _train_args(data, save_dir, start, options, updates)
-    run_tool("fairseq_cli.train", args, save_dir / "train.log", f"training {save_dir.name}", threads=threads)
+    log = save_dir / "train.log"
+    progress = None if say is None else training_progress(log, save_dir.name, updates, say)
+    run_tool("fairseq_cli.train", args, log, f"training {save_dir.name}", threads=threads, progress=progress)
     if not best.exists():
         raise HashEEError(f"training {save_dir.name} wrote no {best} (log: {save_dir / 'train.log'})")
     save_json(save_dir / ".finished", args)
@@ -155,7 +213,7 @@ def train_stages(
                 else:
                     say(f"== [{number}/{len(stages)}] train {stage.name}: {updates(stage)} updates from {stage.start}")
                 job = pool.submit(
-                    train_stage, data, save_dir, checkpoints[stage.start], stage.options, updates(stage), threads
+                    train_stage, data, save_dir, checkpoints[stage.start], stage.options, updates(stage), threads, say
                 )
                 running[job] = (stage, time.perf_counter())
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

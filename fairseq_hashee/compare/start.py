@@ -94,7 +94,7 @@ def starting_checkpoint(
             updates = args.base_updates or args.max_update
             say(f"== [base] train the full-depth model every method starts from: {updates} updates from scratch")
             no_exits = ("--encoder-exit-layers", str(encoder_layers))
-            source = str(train_stage(data, work / "train" / "base", None, no_exits + SMOOTHED, updates))
+            source = str(train_stage(data, work / "train" / "base", None, no_exits + SMOOTHED, updates, say=say))
             state = load_checkpoint(source)
         _check_dictionaries(source, state, data)
         state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("exit_table")}
