@@ -136,3 +136,13 @@ def test_knob_values_are_checked_and_ordered_safest_first():
         threshold.safest_first(["0.5", "0.50"], "--grid")
     with pytest.raises(HashEEError, match="is not an integer >= 1"):
         knobs.Knob("--decoder-exit-max", 1, None, integer=True).parse("0.5", "--sweep")
+
+
+def test_without_a_certified_value_full_depth_is_kept():
+    from fairseq_hashee.cli.calibrate import FULL_DEPTH, conclusion
+
+    summary = dict(loss="textual", delta=0.1, epsilon=0.1, option="--exit-threshold", examples=6, subset="valid")
+    text = conclusion({**summary, "chosen": None, "generate_options": FULL_DEPTH})
+    assert text.startswith("no value of --exit-threshold is certified (textual consistency loss at most 0.1 with ")
+    options = """--model-overrides '{"decoder_exit_rule": "none"}'"""
+    assert text.endswith("keep full depth\nfairseq-generate options: " + options)
