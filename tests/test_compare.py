@@ -117,6 +117,7 @@ def test_methods_fine_tune_from_the_same_start(compared):
     [
         (["--methods", "full,medusa"], "--methods: unknown method 'medusa'"),
         (["--sweep", "full=0.5"], "--sweep: full has no knob to sweep"),
+        (["--sweep", "calm=abc"], "--sweep calm: --exit-threshold 'abc' is not a number in 0.0..1.0"),
         (["--max-update", 0], "--max-update: must be at least 1"),
         (
             ["--model-args", "--encoder-layers 2 --no-such-option 3"],
