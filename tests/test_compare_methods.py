@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from fairseq_hashee.compare.methods import build_methods, select_methods, sweep_points
+from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, parse_levels
+from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
 from fairseq_hashee.errors import HashEEError
 
 METHODS = build_methods(4, 4)
@@ -64,3 +65,23 @@ def test_full_depth_always_comes_first():
     assert [m.key for m in select_methods(METHODS, ["leco", "static-half"])] == ["full", "static-half", "leco"]
     with pytest.raises(HashEEError, match="needs a decoder of at least 2 layers"):
         select_methods(build_methods(2, 1), ["calm"])
+
+
+def test_calibration_candidates_are_ordered_safest_first():
+    assert [p.value for p in candidates(METHODS["calm"], [])][:3] == ["1", "0.9", "0.8"]
+    assert [p.value for p in candidates(METHODS["leco"], [])] == ["2", "1", "0"]
+    alphas = sweep_points(METHODS["consistentee"], ["10", "2", "5"])
+    assert [p.value for p in candidates(METHODS["consistentee"], alphas)] == ["2", "5", "10"]  # least depth cost first
+    buckets = [Point(METHODS["hashee-encdec"], "2"), Point(METHODS["hashee-encdec"])]
+    assert [p.value for p in candidates(METHODS["hashee-encdec"], buckets)] == [None, "2"]  # every layer first
+    assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
+
+
+def test_calibrate_levels_are_checked():
+    assert parse_levels(None) is None and parse_levels("0.2") == (0.2, 0.1) and parse_levels("0.2,0.05") == (0.2, 0.05)
+    with pytest.raises(HashEEError, match="^--calibrate delta: must be strictly between 0 and 1, got 1.5"):
+        parse_levels("1.5")
+    with pytest.raises(HashEEError, match="^--calibrate epsilon: must be strictly between 0 and 1, got 0.0"):
+        parse_levels("0.1,0")
+    with pytest.raises(HashEEError, match="^--calibrate: expected DELTA or DELTA,EPSILON"):
+        parse_levels("0.1,0.1,0.1")
