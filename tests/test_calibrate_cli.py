@@ -10,6 +10,7 @@ from test_cli import _one_error_line, train
 from fairseq_hashee.calibration import ltt
 from fairseq_hashee.calibration.split import first_examples
 from fairseq_hashee.cli.calibrate import parse_args, run
+from fairseq_hashee.compare.calibrated import parse_levels
 from fairseq_hashee.errors import HashEEError
 
 from helpers import run_cli
@@ -81,3 +82,8 @@ def test_a_model_without_a_knob_and_an_empty_split_are_refused(softmax_model, da
     first_examples(data_bin, "valid", ("src", "tgt"), 0, tmp_path / "empty")
     proc = calibrate(softmax_model, tmp_path / "empty", check=False)
     assert f"--subset: valid of {tmp_path / 'empty'} has no examples to calibrate on" in _one_error_line(proc)
+    # hashee-compare --calibrate checks the same before anything trains
+    assert parse_levels("0.2", data_bin, ("src", "tgt")) == (0.2, 0.1)
+    assert parse_levels("0.2,0.05", data_bin, ("src", "tgt")) == (0.2, 0.05)
+    with pytest.raises(HashEEError, match=f"^--calibrate: the valid split of {re.escape(str(tmp_path))}/empty has no"):
+        parse_levels("0.2", tmp_path / "empty", ("src", "tgt"))

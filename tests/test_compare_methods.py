@@ -77,11 +77,12 @@ def test_calibration_candidates_are_ordered_safest_first():
     assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
 
 
-def test_calibrate_levels_are_checked():
-    assert parse_levels(None) is None and parse_levels("0.2") == (0.2, 0.1) and parse_levels("0.2,0.05") == (0.2, 0.05)
+def test_calibrate_levels_are_checked(tmp_path):
+    """The levels are checked before the split: no data needed for these."""
+    assert parse_levels(None, tmp_path, ("src", "tgt")) is None
     with pytest.raises(HashEEError, match="^--calibrate delta: must be strictly between 0 and 1, got 1.5"):
-        parse_levels("1.5")
+        parse_levels("1.5", tmp_path, ("src", "tgt"))
     with pytest.raises(HashEEError, match="^--calibrate epsilon: must be strictly between 0 and 1, got 0.0"):
-        parse_levels("0.1,0")
+        parse_levels("0.1,0", tmp_path, ("src", "tgt"))
     with pytest.raises(HashEEError, match="^--calibrate: expected DELTA or DELTA,EPSILON"):
-        parse_levels("0.1,0.1,0.1")
+        parse_levels("0.1,0.1,0.1", tmp_path, ("src", "tgt"))

@@ -18,6 +18,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Tuple
 
 from ..calibration.knobs import checkpoint_knob
 from ..calibration.losses import LOSSES, losses
@@ -82,7 +83,8 @@ def _report(result: Calibration, option: str, speedups) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> dict:
+def run(args) -> Tuple[dict, str]:
+    """Calibrate as ``args`` say: the summary ``--json`` writes, and the candidates' table."""
     check_level("--delta", args.delta)
     check_level("--epsilon", args.epsilon)
     if args.max_examples is not None and args.max_examples < 1:
@@ -129,7 +131,7 @@ def run(args) -> dict:
     per_value = [losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang) for r in runs]
     result = calibrate(values, per_value, args.delta, args.epsilon)
     options = [knob.option, result.value] if result.value is not None else FULL_DEPTH
-    return {
+    summary = {
         "checkpoint": args.checkpoint,
         "subset": args.subset,
         "examples": examples,
@@ -151,8 +153,8 @@ def run(args) -> dict:
         ],  # fmt: skip
         "chosen": result.value,
         "generate_options": options,
-        "report": _report(result, knob.option, [r["decoder_flops_x"] for r in runs]),
     }
+    return summary, _report(result, knob.option, [r["decoder_flops_x"] for r in runs])
 
 
 def conclusion(summary: dict) -> str:
@@ -174,8 +176,8 @@ def conclusion(summary: dict) -> str:
 def main(argv=None):
     install_one_line_errors()
     args = parse_args(argv)
-    summary = run(args)
-    print("\n" + summary.pop("report") + "\n\n" + conclusion(summary))
+    summary, table = run(args)
+    print("\n" + table + "\n\n" + conclusion(summary))
     if args.json:
         save_json(Path(args.json), summary)
 

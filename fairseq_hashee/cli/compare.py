@@ -152,7 +152,7 @@ def main(argv=None):
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
-    levels = calibrated.parse_levels(args.calibrate)
+    levels = calibrated.parse_levels(args.calibrate, data_dir, (source, target))
 
     _say(f"== hashee-compare: {len(chosen)} methods, {len(stages)} training runs, {len(points)} rows; {work}")
     start, description = starting_checkpoint(args, data, work, encoder_layers, restored, _say)

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..calibration.knobs import Knob
 from ..calibration.losses import LOSSES, losses
 from ..calibration.ltt import Calibration, calibrate, check_level
+from ..calibration.split import count_examples
 from ..errors import HashEEError
 from .methods import Method, Point
 from .runs import Data, generate, load_json, save_json
@@ -44,8 +45,9 @@ def add_args(parser) -> None:
     parser.add_argument("--calibrate-loss", choices=LOSSES, default="risk", help="the loss --calibrate controls")
 
 
-def parse_levels(text: Optional[str]) -> Optional[Tuple[float, float]]:
-    """``--calibrate``'s delta and epsilon, checked before anything trains; None without it."""
+def parse_levels(text: Optional[str], data: Path, pair: Tuple[str, str]) -> Optional[Tuple[float, float]]:
+    """``--calibrate``'s delta and epsilon, and the calibration split, checked before anything trains;
+    None without it."""
     if text is None:
         return None
     parts = text.split(",")
@@ -56,7 +58,10 @@ def parse_levels(text: Optional[str]) -> Optional[Tuple[float, float]]:
     if len(levels) not in (1, 2):
         raise HashEEError(f"--calibrate: expected DELTA or DELTA,EPSILON (numbers in (0, 1)), got {text!r}")
     delta, epsilon = levels[0], levels[1] if len(levels) == 2 else 0.1
-    return check_level("--calibrate delta", delta), check_level("--calibrate epsilon", epsilon)
+    checked = check_level("--calibrate delta", delta), check_level("--calibrate epsilon", epsilon)
+    if count_examples(data, SPLIT, pair) == 0:
+        raise HashEEError(f"--calibrate: the {SPLIT} split of {data} has no examples to calibrate on")
+    return checked
 
 
 @dataclass(frozen=True)
