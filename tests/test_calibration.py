@@ -19,6 +19,8 @@ def test_hoeffding_bentkus_by_hand():
     #   (b/a)^(n a) ((1-b)/(1-a))^(n (1-a)) = 2^1 (0.8/0.9)^9 = 0.69288
     assert ltt.hoeffding_p_value(0.1, 10, 0.2) == pytest.approx(2 * (8 / 9) ** 9, rel=1e-12)
     assert 2 * (8 / 9) ** 9 == pytest.approx(0.69288, abs=1e-5)
+    # tighter than the plain form exp(-2 n (delta - mean)^2) = exp(-0.2) = 0.81873 (Pinsker)
+    assert ltt.hoeffding_p_value(0.1, 10, 0.2) < math.exp(-2 * 10 * 0.1**2)
     # Bentkus: e P(Bin(10, 0.2) <= ceil(10 * 0.1) = 1) = e (0.8^10 + 10 * 0.2 * 0.8^9) = e * 2.8 * 0.8^9 = 1.02156
     assert ltt.bentkus_p_value(0.1, 10, 0.2) == pytest.approx(math.e * 2.8 * 0.8**9, rel=1e-12)
     # the smaller one, and never above 1
