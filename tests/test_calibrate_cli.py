@@ -1,5 +1,6 @@
 """hashee-calibrate end to end on a tiny model with CALM's softmax rule: choice, p-values, refusals."""
 
+import argparse
 import json
 import re
 
@@ -10,7 +11,8 @@ from test_cli import _one_error_line, train
 from fairseq_hashee.calibration import ltt
 from fairseq_hashee.calibration.split import first_examples
 from fairseq_hashee.cli.calibrate import parse_args, run
-from fairseq_hashee.compare.calibrated import parse_levels
+from fairseq_hashee.compare.calibrated import Settings, settings
+from fairseq_hashee.compare.methods import build_methods
 from fairseq_hashee.errors import HashEEError
 
 from helpers import run_cli
@@ -83,7 +85,8 @@ def test_a_model_without_a_knob_and_an_empty_split_are_refused(softmax_model, da
     proc = calibrate(softmax_model, tmp_path / "empty", check=False)
     assert f"--subset: valid of {tmp_path / 'empty'} has no examples to calibrate on" in _one_error_line(proc)
     # hashee-compare --calibrate checks the same before anything trains
-    assert parse_levels("0.2", data_bin, ("src", "tgt")) == (0.2, 0.1)
-    assert parse_levels("0.2,0.05", data_bin, ("src", "tgt")) == (0.2, 0.05)
+    methods = list(build_methods(2, 2).values())
+    args = argparse.Namespace(calibrate="0.2", calibrate_grid=["calm=0.2,0.9"], calibrate_loss="textual")
+    assert settings(args, data_bin, ("src", "tgt"), methods) == Settings(0.2, 0.1, "textual", {"calm": ["0.9", "0.2"]})
     with pytest.raises(HashEEError, match=f"^--calibrate: the valid split of {re.escape(str(tmp_path))}/empty has no"):
-        parse_levels("0.2", tmp_path / "empty", ("src", "tgt"))
+        settings(args, tmp_path / "empty", ("src", "tgt"), methods)

@@ -170,6 +170,7 @@ def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
     work, _, _ = compared
     options = ["--methods", METHODS, "--base-updates", 8, "--max-update", 4, "--frozen-updates", 2]
     options += ["--sweep", "calm=0.5", "--sweep", "leco=0", "--jobs", 2, "--calibrate", "0.5"]
+    options += ["--calibrate-grid", "calm=0,1,0.5"]  # the default, 11 thresholds: tests/test_compare_methods.py
     proc = compare(data_bin, work, *options)
     assert proc.stdout.count("finished before") == 6  # no training for calibration
     assert "at delta 0.5 (epsilon 0.1; risk consistency against full depth, calibrated on 10 valid examples):" in (
@@ -178,8 +179,7 @@ def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
     summary = json.loads((work / "compare.json").read_text())
     decisions = {d["method"]: d for d in summary["calibration"]}
     assert list(decisions) == ["static-half", "hashee-encdec", "calm", "leco"]
-    calm = [c["value"] for c in decisions["calm"]["candidates"]]
-    assert len(calm) == 11 and calm[:2] == ["1", "0.9"] and calm[-1] == "0"  # the whole range, safest first
+    assert [c["value"] for c in decisions["calm"]["candidates"]] == ["1", "0.5", "0"]  # safest first
     assert [c["value"] for c in decisions["static-half"]["candidates"]] == ["default"]
     rows = {row["label"]: row for row in summary["rows"]}
     for decision in decisions.values():

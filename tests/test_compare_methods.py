@@ -1,10 +1,11 @@
 """hashee-compare's methods: which training runs and generation options each row gets."""
 
+import argparse
 import re
 
 import pytest
 
-from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, parse_levels
+from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
 from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
 from fairseq_hashee.errors import HashEEError
 
@@ -69,6 +70,8 @@ def test_full_depth_always_comes_first():
 
 def test_calibration_candidates_are_ordered_safest_first():
     assert [p.value for p in candidates(METHODS["calm"], [])][:3] == ["1", "0.9", "0.8"]
+    assert len(candidates(METHODS["calm"], [])) == 11 and candidates(METHODS["calm"], [])[-1].value == "0"
+    assert [p.value for p in candidates(METHODS["calm"], [], ["0.6", "0.3"])] == ["0.6", "0.3"]
     assert [p.value for p in candidates(METHODS["leco"], [])] == ["2", "1", "0"]
     alphas = sweep_points(METHODS["consistentee"], ["10", "2", "5"])
     assert [p.value for p in candidates(METHODS["consistentee"], alphas)] == ["2", "5", "10"]  # least depth cost first
@@ -77,12 +80,24 @@ def test_calibration_candidates_are_ordered_safest_first():
     assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
 
 
-def test_calibrate_levels_are_checked(tmp_path):
-    """The levels are checked before the split: no data needed for these."""
-    assert parse_levels(None, tmp_path, ("src", "tgt")) is None
-    with pytest.raises(HashEEError, match="^--calibrate delta: must be strictly between 0 and 1, got 1.5"):
-        parse_levels("1.5", tmp_path, ("src", "tgt"))
-    with pytest.raises(HashEEError, match="^--calibrate epsilon: must be strictly between 0 and 1, got 0.0"):
-        parse_levels("0.1,0", tmp_path, ("src", "tgt"))
-    with pytest.raises(HashEEError, match="^--calibrate: expected DELTA or DELTA,EPSILON"):
-        parse_levels("0.1,0.1,0.1", tmp_path, ("src", "tgt"))
+def _calibrate_args(calibrate, *grids):
+    return argparse.Namespace(calibrate=calibrate, calibrate_grid=list(grids), calibrate_loss="risk")
+
+
+@pytest.mark.parametrize(
+    "calibrate, grids, message",
+    [
+        ("1.5", [], "--calibrate delta: must be strictly between 0 and 1, got 1.5"),
+        ("0.1,0", [], "--calibrate epsilon: must be strictly between 0 and 1, got 0.0"),
+        ("0.1,0.1,0.1", [], "--calibrate: expected DELTA or DELTA,EPSILON"),
+        (None, ["calm=0.5"], "--calibrate-grid: only with --calibrate"),
+        ("0.1", ["calm=abc"], "--calibrate-grid calm: --exit-threshold 'abc' is not a number in 0.0..1.0"),
+        ("0.1", ["dat=0.5"], "--calibrate-grid 'dat=0.5': expected METHOD=V1,V2 with a method among --methods"),
+        ("0.1", ["consistentee=2"], "--calibrate-grid: consistentee has no generation knob"),
+    ],
+)
+def test_calibrate_options_are_checked_before_the_data(tmp_path, calibrate, grids, message):
+    methods = [METHODS[key] for key in ("full", "calm", "consistentee")]
+    with pytest.raises(HashEEError, match="^" + re.escape(message)):
+        settings(_calibrate_args(calibrate, *grids), tmp_path, ("src", "tgt"), methods)
+    assert settings(_calibrate_args(None), tmp_path, ("src", "tgt"), methods) is None

@@ -152,7 +152,7 @@ def main(argv=None):
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
-    levels = calibrated.parse_levels(args.calibrate, data_dir, (source, target))
+    calibration = calibrated.settings(args, data_dir, (source, target), chosen)
 
     _say(f"== hashee-compare: {len(chosen)} methods, {len(stages)} training runs, {len(points)} rows; {work}")
     start, description = starting_checkpoint(args, data, work, encoder_layers, restored, _say)
@@ -166,8 +166,8 @@ def main(argv=None):
         _references(args.references, data_dir / f"test.{source}-{target}.{source}") if args.references else None
     )
     decisions = []
-    if levels:
-        decisions = calibrated.decide(levels, args.calibrate_loss, args.lang, data, work, points, checkpoints, _say)
+    if calibration:
+        decisions = calibrated.decide(calibration, args.lang, data, work, points, checkpoints, _say)
     points += [d.point for d in decisions if d.point is not None]
     rows = _generate_rows(args, data, work, points, checkpoints, references)
     report.wall_speedups(rows)

@@ -12,7 +12,8 @@ value's row is then generated on the test split like every other row, and its
 loss there is measured against delta.
 
 Candidates, safest first: a generation knob (CALM's and DAT's thresholds,
-LECO's patience) takes its whole range (calibration/knobs.py: 11 thresholds);
+LECO's patience) takes its whole range (calibration/knobs.py: 11 thresholds)
+or the values ``--calibrate-grid METHOD=V1,V2`` gives;
 a training knob (ConsistentEE's alpha, HashEE's deepest decoder exit) takes the
 values the comparison trains anyway (``--sweep``), no extra training; a method
 without a knob (static half depth, HashEE encoder exits) is its one candidate,
@@ -43,13 +44,24 @@ def add_args(parser) -> None:
         help="add per method the row Learn-then-Test certifies on the valid split (epsilon default 0.1)",
     )
     parser.add_argument("--calibrate-loss", choices=LOSSES, default="risk", help="the loss --calibrate controls")
+    parser.add_argument(
+        "--calibrate-grid",
+        action="append",
+        default=[],
+        metavar="METHOD=V1,V2",
+        help="candidates of a method's generation knob instead of its whole range (11 thresholds, every patience)",
+    )
 
 
-def parse_levels(text: Optional[str], data: Path, pair: Tuple[str, str]) -> Optional[Tuple[float, float]]:
-    """``--calibrate``'s delta and epsilon, and the calibration split, checked before anything trains;
-    None without it."""
-    if text is None:
-        return None
+@dataclass(frozen=True)
+class Settings:
+    delta: float
+    epsilon: float
+    loss: str
+    grids: Dict[str, List[str]]  # method key -> its generation knob's candidates, safest first
+
+
+def _levels(text: str) -> Tuple[float, float]:
     parts = text.split(",")
     try:
         levels = [float(part) for part in parts]
@@ -58,10 +70,38 @@ def parse_levels(text: Optional[str], data: Path, pair: Tuple[str, str]) -> Opti
     if len(levels) not in (1, 2):
         raise HashEEError(f"--calibrate: expected DELTA or DELTA,EPSILON (numbers in (0, 1)), got {text!r}")
     delta, epsilon = levels[0], levels[1] if len(levels) == 2 else 0.1
-    checked = check_level("--calibrate delta", delta), check_level("--calibrate epsilon", epsilon)
+    return check_level("--calibrate delta", delta), check_level("--calibrate epsilon", epsilon)
+
+
+def _grids(items: Sequence[str], methods: Sequence[Method]) -> Dict[str, List[str]]:
+    by_key = {method.key: method for method in methods}
+    grids = {}
+    for item in items:
+        key, sep, listed = item.partition("=")
+        if not sep or key not in by_key:
+            raise HashEEError(f"--calibrate-grid {item!r}: expected METHOD=V1,V2 with a method among --methods")
+        method = by_key[key]
+        if method.knob is None or method.trained_knob:
+            raise HashEEError(
+                f"--calibrate-grid: {key} has no generation knob; its candidates are the runs the comparison trains"
+            )
+        knob = Knob(method.knob, *method.knob_range)
+        grids[key] = knob.safest_first([v.strip() for v in listed.split(",") if v.strip()], f"--calibrate-grid {key}")
+    return grids
+
+
+def settings(args, data: Path, pair: Tuple[str, str], methods: Sequence[Method]) -> Optional[Settings]:
+    """``--calibrate*`` checked before anything trains (levels, grids, the calibration split); None
+    without ``--calibrate``."""
+    if args.calibrate is None:
+        if args.calibrate_grid:
+            raise HashEEError("--calibrate-grid: only with --calibrate")
+        return None
+    delta, epsilon = _levels(args.calibrate)
+    grids = _grids(args.calibrate_grid, methods)
     if count_examples(data, SPLIT, pair) == 0:
         raise HashEEError(f"--calibrate: the {SPLIT} split of {data} has no examples to calibrate on")
-    return checked
+    return Settings(delta, epsilon, args.calibrate_loss, grids)
 
 
 @dataclass(frozen=True)
@@ -95,10 +135,11 @@ def _safety(method: Method, value: Optional[str]) -> float:
     return -float(value) if method.knob in SAFER_WHEN_SMALLER else float(value)
 
 
-def candidates(method: Method, swept: Sequence[Point]) -> List[Point]:
-    """The values calibration tests for ``method``, safest first (``swept``: its rows of the comparison)."""
+def candidates(method: Method, swept: Sequence[Point], grid: Optional[Sequence[str]] = None) -> List[Point]:
+    """The values calibration tests for ``method``, safest first (``swept``: its rows of the comparison;
+    ``grid``: a generation knob's candidates, safest first, instead of its whole range)."""
     if method.knob is not None and not method.trained_knob:
-        return [Point(method, value) for value in Knob(method.knob, *method.knob_range).default_grid()]
+        return [Point(method, value) for value in grid or Knob(method.knob, *method.knob_range).default_grid()]
     return sorted(swept, key=lambda point: -_safety(method, point.value))
 
 
@@ -114,8 +155,7 @@ def _generate_split(data: Data, checkpoint: Path, folder: Path, options: List[st
 
 
 def decide(
-    levels: Tuple[float, float],
-    loss: str,
+    calibration: Settings,
     lang: str,
     data: Data,
     work: Path,
@@ -124,7 +164,6 @@ def decide(
     say: Callable[[str], None],
 ) -> List[Decision]:
     """Calibrate every compared method but full depth on the valid split."""
-    delta, epsilon = levels
     folder = work / "calibrate"
 
     def summaries(point: Point) -> dict:
@@ -135,16 +174,16 @@ def decide(
     methods = list(dict.fromkeys(point.method for point in points[1:]))
     decisions = []
     for number, method in enumerate(methods, start=1):
-        tested = candidates(method, [p for p in points if p.method == method])
+        tested = candidates(method, [p for p in points if p.method == method], calibration.grids.get(method.key))
         say(f"== [calibrate {number}/{len(methods)}] {method.label}: {len(tested)} values on {SPLIT}")
         per_value = []
         for point in tested:
             run = summaries(point)
             if run["ids"] != full["ids"]:
                 raise HashEEError(f"calibrating {point.name}: generated other {SPLIT} examples than full depth")
-            per_value.append(losses(loss, run["hypotheses"], full["hypotheses"], full["references"], lang))
+            per_value.append(losses(calibration.loss, run["hypotheses"], full["hypotheses"], full["references"], lang))
         values = [point.value or "default" for point in tested]
-        decisions.append(Decision(method, tested, calibrate(values, per_value, delta, epsilon)))
+        decisions.append(Decision(method, tested, calibrate(values, per_value, calibration.delta, calibration.epsilon)))
     return decisions
 
 
