@@ -117,6 +117,8 @@ class CalibratedPoint(Point):
 
 @dataclass
 class Decision:
+    """One method's calibration: the candidates tested (safest first) and what Learn-then-Test said."""
+
     method: Method
     candidates: List[Point]
     result: Calibration
