@@ -32,6 +32,7 @@ setup(
             "hashee-convert=fairseq_hashee.cli.convert:main",
             "hashee-benchmark=fairseq_hashee.cli.benchmark:main",
             "hashee-compare=fairseq_hashee.cli.compare:main",
+            "hashee-calibrate=fairseq_hashee.cli.calibrate:main",
             "hashee-wordpiece=fairseq_hashee.cli.wordpiece:console_main",
             "hashee-prepare=fairseq_hashee.cli.prepare:main",
             "hashee-gpt2-bpe=fairseq_hashee.cli.gpt2_bpe:main",

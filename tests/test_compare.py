@@ -117,6 +117,8 @@ def test_methods_fine_tune_from_the_same_start(compared):
     [
         (["--methods", "full,medusa"], "--methods: unknown method 'medusa'"),
         (["--sweep", "full=0.5"], "--sweep: full has no knob to sweep"),
+        (["--sweep", "calm=abc"], "--sweep calm: --exit-threshold 'abc' is not a number in 0.0..1.0"),
+        (["--calibrate", "0.1,abc"], "--calibrate: expected DELTA or DELTA,EPSILON (numbers in (0, 1)), got '0.1,abc'"),
         (["--max-update", 0], "--max-update: must be at least 1"),
         (
             ["--model-args", "--encoder-layers 2 --no-such-option 3"],
@@ -159,3 +161,34 @@ def test_a_checkpoint_of_another_architecture_is_refused(compared, data_bin, tmp
     assert expected in _one_error_line(short)
     for work in ("w1", "w2", "w3"):
         assert not (tmp_path / work / "train").exists() and not (tmp_path / work / "start.pt").exists()
+
+
+def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
+    """Run last in this file: it rewrites the fixture's compare.json."""
+    from fairseq_hashee.calibration import ltt
+
+    work, _, _ = compared
+    options = ["--methods", METHODS, "--base-updates", 8, "--max-update", 4, "--frozen-updates", 2]
+    options += ["--sweep", "calm=0.5", "--sweep", "leco=0", "--jobs", 2, "--calibrate", "0.5"]
+    options += ["--calibrate-grid", "calm=0,1,0.5"]  # the default, 11 thresholds: tests/test_compare_methods.py
+    proc = compare(data_bin, work, *options)
+    assert proc.stdout.count("finished before") == 6  # no training for calibration
+    assert "at delta 0.5 (epsilon 0.1; risk consistency against full depth, calibrated on 10 valid examples):" in (
+        proc.stdout
+    )
+    summary = json.loads((work / "compare.json").read_text())
+    decisions = {d["method"]: d for d in summary["calibration"]}
+    assert list(decisions) == ["static-half", "hashee-encdec", "calm", "leco"]
+    assert [c["value"] for c in decisions["calm"]["candidates"]] == ["1", "0.5", "0"]  # safest first
+    assert [c["value"] for c in decisions["static-half"]["candidates"]] == ["default"]
+    rows = {row["label"]: row for row in summary["rows"]}
+    for decision in decisions.values():
+        p_values = [c["p_value"] for c in decision["candidates"]]
+        for candidate in decision["candidates"]:
+            assert candidate["p_value"] == pytest.approx(ltt.hb_p_value(candidate["mean_loss"], 10, 0.5))
+        chosen = ltt.fixed_sequence(p_values, 0.1)
+        assert decision["chosen"] == (None if chosen is None else decision["candidates"][chosen]["value"])
+        calibrated = [row for row in rows.values() if row["method"] == decision["method"] and "calibration" in row]
+        assert len(calibrated) == (chosen is not None)
+        for row in calibrated:
+            assert row["label"].endswith(", at delta 0.5") and 0 <= row["calibration"]["test_loss"] <= 1

@@ -1,8 +1,12 @@
 """hashee-compare's methods: which training runs and generation options each row gets."""
 
+import argparse
+import re
+
 import pytest
 
-from fairseq_hashee.compare.methods import build_methods, select_methods, sweep_points
+from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
+from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
 from fairseq_hashee.errors import HashEEError
 
 METHODS = build_methods(4, 4)
@@ -42,10 +46,19 @@ def test_patience_stays_below_the_decoder_depth():
 
 @pytest.mark.parametrize(
     "method, values, message",
-    [("full", ["1"], "full has no knob to sweep"), ("calm", [], "no values for calm")],
+    [
+        ("full", ["1"], "full has no knob to sweep"),
+        ("calm", [], "no values for calm"),
+        ("calm", ["0.9", "abc"], "--sweep calm: --exit-threshold 'abc' is not a number in 0.0..1.0"),
+        ("dat", ["1.5"], "--sweep dat: --exit-threshold '1.5' is not a number in 0.0..1.0"),
+        ("consistentee", ["-1"], "--sweep consistentee: --consistentee-alpha '-1' is not a number >= 0.0"),
+        ("leco", ["3"], "--sweep leco: --exit-patience '3' is not an integer in 0..2"),
+        ("leco", ["1.0"], "--sweep leco: --exit-patience '1.0' is not an integer in 0..2"),
+        ("hashee-encdec", ["0"], "--sweep hashee-encdec: --decoder-exit-max '0' is not an integer in 1..4"),
+    ],
 )
 def test_bad_sweeps_are_refused(method, values, message):
-    with pytest.raises(HashEEError, match=message):
+    with pytest.raises(HashEEError, match=re.escape(message)):
         sweep_points(METHODS[method], values)
 
 
@@ -53,3 +66,38 @@ def test_full_depth_always_comes_first():
     assert [m.key for m in select_methods(METHODS, ["leco", "static-half"])] == ["full", "static-half", "leco"]
     with pytest.raises(HashEEError, match="needs a decoder of at least 2 layers"):
         select_methods(build_methods(2, 1), ["calm"])
+
+
+def test_calibration_candidates_are_ordered_safest_first():
+    assert [p.value for p in candidates(METHODS["calm"], [])][:3] == ["1", "0.9", "0.8"]
+    assert len(candidates(METHODS["calm"], [])) == 11 and candidates(METHODS["calm"], [])[-1].value == "0"
+    assert [p.value for p in candidates(METHODS["calm"], [], ["0.6", "0.3"])] == ["0.6", "0.3"]
+    assert [p.value for p in candidates(METHODS["leco"], [])] == ["2", "1", "0"]
+    alphas = sweep_points(METHODS["consistentee"], ["10", "2", "5"])
+    assert [p.value for p in candidates(METHODS["consistentee"], alphas)] == ["2", "5", "10"]  # least depth cost first
+    buckets = [Point(METHODS["hashee-encdec"], "2"), Point(METHODS["hashee-encdec"])]
+    assert [p.value for p in candidates(METHODS["hashee-encdec"], buckets)] == [None, "2"]  # every layer first
+    assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
+
+
+def _calibrate_args(calibrate, *grids):
+    return argparse.Namespace(calibrate=calibrate, calibrate_grid=list(grids), calibrate_loss="risk")
+
+
+@pytest.mark.parametrize(
+    "calibrate, grids, message",
+    [
+        ("1.5", [], "--calibrate delta: must be strictly between 0 and 1, got 1.5"),
+        ("0.1,0", [], "--calibrate epsilon: must be strictly between 0 and 1, got 0.0"),
+        ("0.1,0.1,0.1", [], "--calibrate: expected DELTA or DELTA,EPSILON"),
+        (None, ["calm=0.5"], "--calibrate-grid: only with --calibrate"),
+        ("0.1", ["calm=abc"], "--calibrate-grid calm: --exit-threshold 'abc' is not a number in 0.0..1.0"),
+        ("0.1", ["dat=0.5"], "--calibrate-grid 'dat=0.5': expected METHOD=V1,V2 with a method among --methods"),
+        ("0.1", ["consistentee=2"], "--calibrate-grid: consistentee has no generation knob"),
+    ],
+)
+def test_calibrate_options_are_checked_before_the_data(tmp_path, calibrate, grids, message):
+    methods = [METHODS[key] for key in ("full", "calm", "consistentee")]
+    with pytest.raises(HashEEError, match="^" + re.escape(message)):
+        settings(_calibrate_args(calibrate, *grids), tmp_path, ("src", "tgt"), methods)
+    assert settings(_calibrate_args(None), tmp_path, ("src", "tgt"), methods) is None

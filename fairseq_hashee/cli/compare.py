@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..checkpoints import load_checkpoint
+from ..compare import calibrated, report
 from ..compare import methods as method_lib
-from ..compare import report
 from ..compare.runs import Data, generate, load_json, read_generate_out, save_json, time_generation, train_stages
 from ..compare.start import stack_depths, starting_checkpoint
 from ..errors import HashEEError, install_one_line_errors
@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     parser.add_argument("--plot", default=None, help="the frontier PNG (default WORK/frontier.png)")
+    calibrated.add_args(parser)
     return parser.parse_args(argv)
 
 
@@ -151,6 +152,7 @@ def main(argv=None):
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
+    calibration = calibrated.settings(args, data_dir, (source, target), chosen)
 
     _say(f"== hashee-compare: {len(chosen)} methods, {len(stages)} training runs, {len(points)} rows; {work}")
     start, description = starting_checkpoint(args, data, work, encoder_layers, restored, _say)
@@ -163,9 +165,14 @@ def main(argv=None):
     references = (
         _references(args.references, data_dir / f"test.{source}-{target}.{source}") if args.references else None
     )
+    decisions = []
+    if calibration:
+        decisions = calibrated.decide(calibration, args.lang, data, work, points, checkpoints, _say)
+    points += [d.point for d in decisions if d.point is not None]
     rows = _generate_rows(args, data, work, points, checkpoints, references)
     report.wall_speedups(rows)
-    _write_report(args, data, work, rows, f"{args.arch}, {encoder_layers}+{decoder_layers} layers")
+    calibrated.measure(decisions, rows, args.calibrate_loss, args.lang)
+    _write_report(args, data, work, rows, f"{args.arch}, {encoder_layers}+{decoder_layers} layers", decisions)
     _say(f"hashee-compare took {time.perf_counter() - started:.0f} s")
 
 
@@ -211,10 +218,13 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
     return rows
 
 
-def _write_report(args, data: Data, work: Path, rows: List[dict], model: str) -> None:
-    """Print the table and the examples; write compare.json, compare.txt and the plot."""
+def _write_report(args, data: Data, work: Path, rows: List[dict], model: str, decisions=()) -> None:
+    """Print the table (and its "at delta" section) and the examples; write compare.json, compare.txt
+    and the plot."""
     documents = read_generate_out(work / "generate" / "full" / "generate.out")["S"]
     text = report.table(rows)
+    if decisions:
+        text += "\n\n" + calibrated.section(decisions, rows, args.calibrate_loss)
     examples = report.side_by_side(rows, documents, args.examples)
     distinct = ", ".join(f"{row['label']} {row['distinct']}/{len(row['hypotheses'])}" for row in rows)
     _say("\n" + text + f"\ndistinct summaries: {distinct}\n\n" + examples)
@@ -231,6 +241,7 @@ def _write_report(args, data: Data, work: Path, rows: List[dict], model: str) ->
         "device": "cpu" if "--cpu" in data.device_options else "cuda",
         "test_documents": len(rows[0]["ids"]),
         "rows": [{k: v for k, v in row.items() if k not in kept} for row in rows],
+        "calibration": calibrated.summary(decisions, args.calibrate_loss),
     }
     save_json(work / "compare.json", summary)
     with atomic_write(str(work / "compare.txt")) as out:

@@ -17,6 +17,7 @@ changes in the last digits from run to run.)
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from typing import Dict, List, Sequence
@@ -67,34 +68,44 @@ def _check_english(references: Sequence[str]) -> None:
         )
 
 
-def rouge(
-    hypotheses: Sequence[str], references: Sequence[str], lang: str = "en", zh_unit: str = "char"
-) -> Dict[str, float]:
-    """Mean F1 x100 per ROUGE type over aligned hypothesis/reference pairs."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    if not hypotheses:
-        raise ValueError("nothing to score: no hypotheses")
+def _scorer(lang: str, zh_unit: str):
+    """rouge-score's scorer for ``lang``, the ROUGE types it reports and how a text is prepared."""
     if lang == "en":
-        _check_english(references)
         types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-        scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
-        prepare = _english_sentences
-    elif lang == "zh":
+        return rouge_scorer.RougeScorer(types, use_stemmer=True), types, _english_sentences
+    if lang == "zh":
         if zh_unit not in ("char", "jieba"):
             raise ValueError(f"unknown Chinese unit {zh_unit!r}; expected 'char' or 'jieba'")
         types = ["rouge1", "rouge2", "rougeL"]
         tokenizer = CharTokenizer() if zh_unit == "char" else JiebaTokenizer()
-        scorer = rouge_scorer.RougeScorer(types, tokenizer=tokenizer)
-        prepare = str.strip
-    else:
-        raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
-    totals = dict.fromkeys(types, 0.0)
+        return rouge_scorer.RougeScorer(types, tokenizer=tokenizer), types, str.strip
+    raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
+
+
+def pair_scores(
+    hypotheses: Sequence[str], references: Sequence[str], lang: str = "en", zh_unit: str = "char"
+) -> List[Dict[str, float]]:
+    """F1 (0..1) per ROUGE type of each aligned hypothesis/reference pair."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    scorer, types, prepare = _scorer(lang, zh_unit)
+    scores = []
     for hyp, ref in zip(hypotheses, references):
-        scores = scorer.score(prepare(ref), prepare(hyp))
-        for name in types:
-            totals[name] += scores[name].fmeasure
-    return {name: 100.0 * total / len(hypotheses) for name, total in totals.items()}
+        pair = scorer.score(prepare(ref), prepare(hyp))
+        scores.append({name: pair[name].fmeasure for name in types})
+    return scores
+
+
+def rouge(
+    hypotheses: Sequence[str], references: Sequence[str], lang: str = "en", zh_unit: str = "char"
+) -> Dict[str, float]:
+    """Mean F1 x100 per ROUGE type over aligned hypothesis/reference pairs."""
+    if not hypotheses:
+        raise ValueError("nothing to score: no hypotheses")
+    if lang == "en":
+        _check_english(references)
+    scores = pair_scores(hypotheses, references, lang, zh_unit)
+    return {name: 100.0 * math.fsum(pair[name] for pair in scores) / len(scores) for name in scores[0]}
 
 
 def _read_lines(path: str) -> List[str]:

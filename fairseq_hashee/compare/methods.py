@@ -12,6 +12,7 @@ ConsistentEE share the multi-exit backbone, as docs/exit-methods.md trains it.
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..calibration.knobs import Knob
 from ..errors import HashEEError
 
 # Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it.
@@ -40,6 +41,8 @@ class Method:
     # own copy of that stage; otherwise the knob is a fairseq-generate option of one trained model.
     trained_knob: bool = False
     knob_label: Optional[str] = None  # in the row's label; default: the option's last word
+    # The knob's values: (lowest, highest or None, integers only), checked before anything trains.
+    knob_range: Optional[Tuple[float, Optional[float], bool]] = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         stage = Stage(
             key, "multi-exit", no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion), frozen=True
         )
-        knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"))
+        knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"), knob_range=(0.0, 1.0, False))
         return Method(key, label, (multi_exit, stage), **knob)
 
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
@@ -118,8 +121,16 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             "--decoder-exit-max",
             trained_knob=True,
             knob_label="deepest decoder exit",
+            knob_range=(1, decoder_layers, True),
         ),
-        Method("calm", "CALM (softmax)", (multi_exit,), "--exit-threshold", ("0.9", "0.8", "0.6")),
+        Method(
+            "calm",
+            "CALM (softmax)",
+            (multi_exit,),
+            "--exit-threshold",
+            ("0.9", "0.8", "0.6"),
+            knob_range=(0.0, 1.0, False),
+        ),
         learned_on_frozen("dat", "DAT (halting)", "dat-halting", "dat_exit_classifier"),
         # The policies' exits are set by the reward's depth cost, not by the threshold: with the
         # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md).
@@ -131,6 +142,7 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             knob="--consistentee-alpha",
             sweep=("2", "5", "10"),
             trained_knob=True,
+            knob_range=(0.0, None, False),
         ),
         Method(
             "leco",
@@ -151,6 +163,7 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             ),
             "--exit-patience",
             patience,
+            knob_range=(0, decoder_layers - 2, True),
         ),
     ]
     if decoder_layers < 2:
@@ -179,4 +192,7 @@ def sweep_points(method: Method, override: Optional[Sequence[str]] = None) -> Li
     if override is not None and not override:
         raise HashEEError(f"--sweep: no values for {method.key}")
     values = method.sweep if override is None else tuple(override)
+    if override is not None:
+        for value in values:
+            Knob(method.knob, *method.knob_range).parse(value, f"--sweep {method.key}")
     return [Point(method, v) for v in values] if values else [Point(method)]

@@ -87,7 +87,8 @@ def plot(rows: List[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods: Dict[str, List[dict]] = {}
     for row in rows:
-        methods.setdefault(row["method_label"], []).append(row)
+        if "calibration" not in row:  # drawn on their own below
+            methods.setdefault(row["method_label"], []).append(row)
     for label, points in methods.items():
         points = sorted(points, key=lambda r: r["wall_x"])
         xs, ys = [p["wall_x"] for p in points], [p["rougeL"] for p in points]
@@ -96,6 +97,17 @@ def plot(rows: List[dict], path: str, title: str) -> None:
             if point.get("value") is not None:
                 ax.annotate(point["value"], (point["wall_x"], point["rougeL"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    chosen = [row for row in rows if "calibration" in row]
+    if chosen:
+        ax.scatter(
+            [r["wall_x"] for r in chosen],
+            [r["rougeL"] for r in chosen],
+            s=140,
+            facecolors="none",
+            edgecolors="black",
+            marker="s",
+            label=f"calibrated (delta {chosen[0]['calibration']['delta']:g})",
+        )
     ax.axvline(1.0, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("generation wall-clock speed-up over full depth (x)")
     ax.set_ylabel("ROUGE-L")

@@ -239,9 +239,11 @@ def read_report(log: Path) -> Dict[str, float]:
     return figures
 
 
-def _run_generate(data: Data, checkpoint: Path, folder: Path, options: Sequence[str], what: str) -> None:
+def _run_generate(
+    data: Data, checkpoint: Path, folder: Path, options: Sequence[str], what: str, subset: str = "test"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    args = [*data.common(), "--path", checkpoint, "--gen-subset", "test", *data.generate_options, *options]
+    args = [*data.common(), "--path", checkpoint, "--gen-subset", subset, *data.generate_options, *options]
     run_tool("fairseq_cli.generate", args, folder / "generate.log", what, folder / "generate.out")
 
 
@@ -258,9 +260,12 @@ def read_generate_out(path: Path) -> Dict[str, Dict[int, str]]:
     return lines
 
 
-def generate(data: Data, checkpoint: Path, out_dir: Path, options: Sequence[str]) -> Dict[str, object]:
-    """Summarize the test split: hypotheses and references in test order, the report's figures."""
-    _run_generate(data, checkpoint, out_dir, options, f"generating {out_dir.name}")
+def generate(
+    data: Data, checkpoint: Path, out_dir: Path, options: Sequence[str], subset: str = "test"
+) -> Dict[str, object]:
+    """Summarize a split (the test split unless ``subset``): hypotheses and references in the split's
+    order, the report's figures."""
+    _run_generate(data, checkpoint, out_dir, options, f"generating {out_dir.name}", subset)
     lines = read_generate_out(out_dir / "generate.out")
     hypotheses, references = lines["D"], lines["T"]
     if not hypotheses:

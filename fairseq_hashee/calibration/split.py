@@ -1,0 +1,46 @@
+"""The calibration split: how many examples it has, and a copy of its first examples only.
+
+fairseq-generate has no option to stop after N examples, so ``--max-examples``
+writes the first N of the split (both sides, binarized as fairseq-preprocess
+writes them) with the data's dictionaries into a folder of its own.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Tuple
+
+from ..errors import HashEEError
+
+
+def _prefix(data: Path, subset: str, pair: Tuple[str, str], lang: str) -> Path:
+    return data / f"{subset}.{pair[0]}-{pair[1]}.{lang}"
+
+
+def count_examples(data: Path, subset: str, pair: Tuple[str, str]) -> int:
+    """Examples of the binarized ``subset``; one error when a side is missing."""
+    from fairseq.data import data_utils
+
+    for lang in pair:
+        index = Path(f"{_prefix(data, subset, pair, lang)}.idx")
+        if not index.exists():
+            raise HashEEError(f"--subset: {index} missing; binarize the {subset} split with fairseq-preprocess")
+    source = _prefix(data, subset, pair, pair[0])
+    if Path(f"{source}.bin").stat().st_size == 0:  # every example holds at least </s>; fairseq cannot map it
+        return 0
+    return len(data_utils.load_indexed_dataset(str(source), None))
+
+
+def first_examples(data: Path, subset: str, pair: Tuple[str, str], count: int, out: Path) -> None:
+    """``out`` as a data folder whose ``subset`` is the first ``count`` examples of ``data``'s."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    for lang in pair:
+        shutil.copyfile(data / f"dict.{lang}.txt", out / f"dict.{lang}.txt")
+        source = data_utils.load_indexed_dataset(str(_prefix(data, subset, pair, lang)), None)
+        target = _prefix(out, subset, pair, lang)
+        vocabulary = len(Dictionary.load(str(data / f"dict.{lang}.txt")))
+        builder = indexed_dataset.make_builder(f"{target}.bin", "mmap", vocab_size=vocabulary)
+        for index in range(count):
+            builder.add_item(source[index])
+        builder.finalize(f"{target}.idx")

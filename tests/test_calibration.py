@@ -1,0 +1,150 @@
+"""Learn-then-Test calibration: p-values by hand, fixed-sequence testing, the guarantee on synthetic
+losses of known risk, the losses and the knobs."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fairseq_hashee.calibration import knobs, ltt
+from fairseq_hashee.calibration.losses import risk_losses, textual_losses
+from fairseq_hashee.errors import HashEEError
+
+
+def test_hoeffding_bentkus_by_hand():
+    # n = 10 examples, mean loss 0.1, delta 0.2.
+    # Hoeffding: exp(-n h(0.1, 0.2)), h(a, b) = a ln(a/b) + (1-a) ln((1-a)/(1-b)), so
+    #   (b/a)^(n a) ((1-b)/(1-a))^(n (1-a)) = 2^1 (0.8/0.9)^9 = 0.69288
+    assert ltt.hoeffding_p_value(0.1, 10, 0.2) == pytest.approx(2 * (8 / 9) ** 9, rel=1e-12)
+    assert 2 * (8 / 9) ** 9 == pytest.approx(0.69288, abs=1e-5)
+    # tighter than the plain form exp(-2 n (delta - mean)^2) = exp(-0.2) = 0.81873 (Pinsker)
+    assert ltt.hoeffding_p_value(0.1, 10, 0.2) < math.exp(-2 * 10 * 0.1**2)
+    # Bentkus: e P(Bin(10, 0.2) <= ceil(10 * 0.1) = 1) = e (0.8^10 + 10 * 0.2 * 0.8^9) = e * 2.8 * 0.8^9 = 1.02156
+    assert ltt.bentkus_p_value(0.1, 10, 0.2) == pytest.approx(math.e * 2.8 * 0.8**9, rel=1e-12)
+    # the smaller one, and never above 1
+    assert ltt.hb_p_value(0.1, 10, 0.2) == pytest.approx(0.69288, abs=1e-5)
+    # n = 100, mean 0.05, delta 0.2: Hoeffding 4^5 (0.8/0.95)^95 = 8.32e-5; Bentkus
+    # e * sum_{k<=5} C(100, k) 0.2^k 0.8^(100-k) = e * 1.868e-5 = 5.078e-5 is smaller
+    hoeffding = 4**5 * (0.8 / 0.95) ** 95
+    bentkus = math.e * sum(math.comb(100, k) * 0.2**k * 0.8 ** (100 - k) for k in range(6))
+    assert hoeffding == pytest.approx(8.32e-5, rel=1e-3) and bentkus == pytest.approx(5.078e-5, rel=1e-3)
+    assert ltt.hb_p_value(0.05, 100, 0.2) == pytest.approx(bentkus, rel=1e-9)
+
+
+def test_edge_risks():
+    # no loss at all: Hoeffding (1 - delta)^n, Bentkus e (1 - delta)^n
+    assert ltt.hb_p_value(0.0, 20, 0.1) == pytest.approx(0.9**20, rel=1e-12)
+    # a mean at or above delta is never evidence against R > delta
+    assert ltt.hb_p_value(0.2, 50, 0.2) == 1.0 and ltt.hb_p_value(0.7, 50, 0.2) == 1.0
+    # 30 * 0.1 is 3.0000000000000004 in floating point: the ceiling is 3, not 4
+    assert ltt.bentkus_p_value(0.1, 30, 0.2) == pytest.approx(math.e * ltt.binomial_cdf(3, 30, 0.2), rel=1e-12)
+    assert ltt.binomial_cdf(-1, 5, 0.3) == 0.0 and ltt.binomial_cdf(5, 5, 0.3) == 1.0
+    assert ltt.binomial_cdf(2, 4, 0.5) == pytest.approx(11 / 16)  # (1 + 4 + 6) / 16
+
+
+def test_fixed_sequence_stops_at_the_first_value_not_rejected():
+    assert ltt.fixed_sequence([0.01, 0.05, 0.2, 0.01], 0.1) == 1  # the last value would be rejected: not tested
+    assert ltt.fixed_sequence([0.5, 0.01], 0.1) is None
+    assert ltt.fixed_sequence([0.1, 0.1], 0.1) == 1  # p <= epsilon rejects
+    result = ltt.calibrate(["0.9", "0.5", "0.1"], [[0.0] * 40, [1.0] * 40, [0.0] * 40], delta=0.2, epsilon=0.1)
+    assert result.chosen == 0 and result.value == "0.9" and result.tested == 2
+    assert result.risks == [0.0, 1.0, 0.0] and result.p_values[0] == pytest.approx(0.8**40)
+
+
+def _bernoulli_calibrations(means, n, trials, delta, epsilon, seed=0):
+    """The true risk of the value chosen on each of ``trials`` calibration sets of ``n`` examples,
+    by Learn-then-Test and by the naive rule (the fastest value whose mean loss is <= delta)."""
+    rng = np.random.default_rng(seed)
+    chosen, naive = [], []
+    for _ in range(trials):
+        losses = (rng.random((len(means), n)) < np.asarray(means)[:, None]).astype(float)
+        result = ltt.calibrate([str(m) for m in means], losses.tolist(), delta, epsilon)
+        chosen.append(0.0 if result.chosen is None else means[result.chosen])  # none: full depth, no loss
+        fine = [i for i, row in enumerate(losses) if row.mean() <= delta]
+        naive.append(means[max(fine)] if fine else 0.0)
+    return np.asarray(chosen), np.asarray(naive)
+
+
+def test_the_guarantee_holds_on_losses_of_known_risk():
+    # Candidates safest first with Bernoulli losses of known mean; 0.105 is just over delta = 0.1.
+    means = [0.0, 0.02, 0.05, 0.08, 0.095, 0.105, 0.15, 0.3]
+    delta, epsilon, trials = 0.1, 0.1, 2000
+    chosen, naive = _bernoulli_calibrations(means, n=300, trials=trials, delta=delta, epsilon=epsilon)
+    violation, naive_violation = float(np.mean(chosen > delta)), float(np.mean(naive > delta))
+    print(
+        f"\ntrue risk of the chosen value > delta in {trials} calibration sets: Learn-then-Test {violation:.4f}, "
+        f"naive (fastest mean loss <= delta) {naive_violation:.4f}"
+    )
+    assert violation <= epsilon
+    # the check has teeth: the naive choice violates far more often, and LTT does choose fast values
+    assert naive_violation > 2 * epsilon
+    assert np.mean(chosen >= 0.05) > 0.5
+
+
+def test_bad_levels_and_inputs_are_refused():
+    for option, delta, epsilon in (("--delta", 0.0, 0.1), ("--delta", 1.0, 0.1), ("--epsilon", 0.1, 1.5)):
+        with pytest.raises(HashEEError, match=f"^{option}: must be strictly between 0 and 1"):
+            ltt.calibrate(["1"], [[0.0]], delta, epsilon)
+    with pytest.raises(HashEEError, match="the calibration split has no examples"):
+        ltt.calibrate(["1", "0.5"], [[], []], 0.1, 0.1)
+    with pytest.raises(HashEEError, match="loss outside"):
+        ltt.calibrate(["1"], [[1.5]], 0.1, 0.1)
+
+
+def test_textual_and_risk_consistency_losses():
+    full = ["the cat sat on the mat", "a dog", ""]
+    early = ["the cat sat", "a dog", ""]
+    # LCS 3 words: precision 3/3, recall 3/6, F1 2/3, loss 1/3; identical summaries (also empty ones) lose 0
+    assert textual_losses(early, full) == pytest.approx([1 / 3, 0.0, 0.0])
+    refs = ["the cat sat on the mat", "a big dog", "nothing here"]
+    # ROUGE-L against the reference: full 1.0 vs early "the cat" F1 = 2 (1 * 1/3) / (4/3) = 0.5 -> 0.5 lost;
+    # a candidate better than full depth earns no credit (clipped at 0)
+    assert risk_losses(["the cat", "a big dog", "nothing"], full, refs) == pytest.approx([0.5, 0.0, 0.0])
+
+
+def _state(rule, layers=4, **model):
+    args = argparse.Namespace(decoder_exit_rule=rule, **model)
+    weights = {f"decoder.layers.{i}.fc1.weight": torch.zeros(1) for i in range(layers)}
+    weights["decoder.embed_tokens.weight"] = torch.zeros(10, 8)
+    return {"cfg": {"model": args}, "model": weights}
+
+
+def test_the_knob_of_each_rule():
+    assert knobs.checkpoint_knob(_state("confidence", exit_confidence="softmax"), "m.pt") == knobs.Knob(
+        "--exit-threshold", 0.0, 1.0
+    )
+    saturation = knobs.checkpoint_knob(_state("confidence", exit_confidence="saturation"), "m.pt")
+    assert (saturation.low, saturation.high) == (-1.0, 1.0)
+    assert knobs.checkpoint_knob(_state("consistentee"), "m.pt").option == "--exit-threshold"
+    patience = knobs.checkpoint_knob(_state("agreement"), "m.pt")
+    assert patience == knobs.Knob("--exit-patience", 0, 2, integer=True) and patience.default_grid() == ["2", "1", "0"]
+    with pytest.raises(HashEEError, match="m.pt: no dynamic decoder exit rule .* set by training"):
+        knobs.checkpoint_knob(_state("none"), "m.pt")
+    with pytest.raises(HashEEError, match="multinomial rule takes neither a threshold nor a patience"):
+        knobs.checkpoint_knob(_state("dat-multinomial"), "m.pt")
+
+
+def test_knob_values_are_checked_and_ordered_safest_first():
+    threshold = knobs.Knob("--exit-threshold", 0.0, 1.0)
+    grid = threshold.default_grid()
+    assert len(grid) >= 10 and grid[0] == "1" and grid[-1] == "0" and grid[1] == "0.9"
+    assert threshold.safest_first(["0.2", "0.95", "0.5"], "--grid") == ["0.95", "0.5", "0.2"]
+    for bad, reason in (("abc", "is not a number in 0.0..1.0"), ("1.5", "is not a number"), ("nan", "is not")):
+        with pytest.raises(HashEEError, match=f"^--grid: --exit-threshold '{bad}' {reason}"):
+            threshold.safest_first([bad], "--grid")
+    with pytest.raises(HashEEError, match="given twice"):
+        threshold.safest_first(["0.5", "0.50"], "--grid")
+    with pytest.raises(HashEEError, match="is not an integer >= 1"):
+        knobs.Knob("--decoder-exit-max", 1, None, integer=True).parse("0.5", "--sweep")
+
+
+def test_without_a_certified_value_full_depth_is_kept():
+    from fairseq_hashee.cli.calibrate import FULL_DEPTH, conclusion
+
+    summary = dict(loss="textual", delta=0.1, epsilon=0.1, option="--exit-threshold", examples=6, subset="valid")
+    text = conclusion({**summary, "chosen": None, "generate_options": FULL_DEPTH})
+    assert text.startswith("no value of --exit-threshold is certified (textual consistency loss at most 0.1 with ")
+    options = """--model-overrides '{"decoder_exit_rule": "none"}'"""
+    assert text.endswith("keep full depth\nfairseq-generate options: " + options)
