@@ -345,6 +345,20 @@ def test_consistentee_trains_its_policies_then_generates(calm, data_bin, tmp_pat
     assert _hypotheses(generated)
     assert 1.0 <= _decoder_speedup(generated)[1] <= LAYERS
 
+    # stage 3 (the released code's train_both): every parameter trains at the policies' exits, greedy
+    # decisions whose copies differ by dropout
+    joint = ["--criterion", "consistentee_joint", "--consistentee-samples", 2, "--consistentee-reward", "ce",
+             "--consistentee-exploration", "greedy"]  # fmt: skip
+    policies = tmp_path / "checkpoint_last.pt"
+    proc = train(data_bin, tmp_path / "joint", *rule, "--restore-file", policies, *RESET, "--max-update", 2,
+                 "--dropout", 0.3, criterion=joint)  # fmt: skip
+    assert '"exit_layer"' in proc.stdout + proc.stderr
+    stage2 = torch.load(policies, map_location="cpu")["model"]
+    stage3 = torch.load(tmp_path / "joint" / "checkpoint_last.pt", map_location="cpu")["model"]
+    changed = {k for k in stage3 if not torch.equal(stage3[k], stage2[k])}
+    assert "encoder.layers.0.fc1.weight" in changed and "decoder.exit_rule.policies.0.2.bias" in changed
+    assert _hypotheses(generate(data_bin, tmp_path / "joint" / "checkpoint_last.pt"))
+
     # the cache invariant of design section 7 on the trained policies, beside HashEE encoder exits
     from fairseq import checkpoint_utils
     from test_exit_rules import incremental_against_replay

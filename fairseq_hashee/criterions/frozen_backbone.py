@@ -22,6 +22,7 @@ from fairseq.logging import metrics
 
 class FrozenBackboneCriterion(FairseqCriterion):
     METRICS: Dict[str, Tuple[str, float, int]] = {"loss": ("loss", 1.0, 3)}
+    frozen_backbone = True  # False: shares the logs only (ConsistentEE's joint stage trains every parameter)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -43,7 +44,8 @@ def freeze_backbone(model, criterion: Optional[str]) -> None:
     ``model`` but its decoder exit rule's stops requiring grad. A rule without parameters is
     left to the criterion to refuse, with its own message, at its first forward."""
     criterion_class = CRITERION_REGISTRY.get(criterion)
-    if not (isinstance(criterion_class, type) and issubclass(criterion_class, FrozenBackboneCriterion)):
+    is_frozen = isinstance(criterion_class, type) and issubclass(criterion_class, FrozenBackboneCriterion)
+    if not (is_frozen and criterion_class.frozen_backbone):
         return
     rule = getattr(model.decoder, "exit_rule", None)
     trained = {id(p) for p in rule.parameters()} if rule is not None else set()

@@ -51,6 +51,8 @@ class PlannedStackMixin:
         self.exit_rule = exit_rule
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
+        # Set while ConsistentEE's criterions decode with exits in train mode (exits/consistentee.py: exploring).
+        self.rule_while_training = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -70,7 +72,7 @@ class PlannedStackMixin:
 
     def _active_rule(self):
         """The exit rule, unless training: multi-exit training runs every layer."""
-        return None if self.training else self.exit_rule
+        return self.exit_rule if self.rule_while_training or not self.training else None
 
     def plan(self, exits: Tensor) -> StackPlanner:
         """The planner of one forward over positions that exit at ``exits`` (B, T)."""
