@@ -71,7 +71,8 @@ class PlannedStackMixin:
         self._run_layer = runners[value]
 
     def _active_rule(self):
-        """The exit rule, unless training: multi-exit training runs every layer."""
+        """The exit rule, unless training (multi-exit training runs every layer) without
+        ``rule_while_training``, which ConsistentEE's criterions set to decode with exits."""
         return self.exit_rule if self.rule_while_training or not self.training else None
 
     def plan(self, exits: Tensor) -> StackPlanner:
