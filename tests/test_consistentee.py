@@ -150,11 +150,17 @@ def test_criterion_refuses_what_it_cannot_train():
         ConsistentEEPolicyCriterion(task, -1.0, 4)
     with pytest.raises(HashEEError, match="--consistentee-samples: must be >= 2"):
         ConsistentEEPolicyCriterion(task, 0.01, 1)
+    with pytest.raises(HashEEError, match=r"--consistentee-epsilon: expected a share in \[0, 1\], got 1.5"):
+        ConsistentEEJointCriterion(task, consistentee_epsilon=1.5)
+    with pytest.raises(HashEEError, match="--consistentee-epsilon-decay: must be > 0, got 0"):
+        ConsistentEEPolicyCriterion(task, consistentee_epsilon_decay=0)
     with pytest.raises(HashEEError, match="--consistentee-policy-dim: must be >= 0"):
         build_hashee(tiny_dictionary(), decoder_exit_rule="consistentee", consistentee_policy_dim=-1)
     model = build_hashee(tiny_dictionary(), decoder_exit_rule="dat-halting").train()
     with pytest.raises(HashEEError, match="trains the exit policies of --decoder-exit-rule consistentee"):
         ConsistentEEPolicyCriterion(task, 0.01, 4)(model, _sample(model))
+    with pytest.raises(HashEEError, match="--criterion consistentee_joint trains the exit policies"):
+        ConsistentEEJointCriterion(task)(model, _sample(model))
 
 
 def test_policies_start_fresh_only_when_training():
