@@ -171,18 +171,19 @@ class ConsistentEEPolicyCriterion(FrozenBackboneCriterion):
         epsilon = exploration_epsilon(start, decay, rule.num_updates) if self.exploration == "epsilon" else 0.0
         return exploring(model, self.exploration, epsilon, dropout)
 
-    def _memorized(self, model, sample, encoder_out, live: Tensor) -> Tensor:
+    def _memorized(self, model, sample, live: Tensor) -> Tensor:
         """The memorized layers (N,) of the batch's live target positions, row by row: each example's
         from the cache, or from one forward over every layer (eval mode, no gradient) of the examples
-        seen for the first time. ``encoder_out``: the batch's, computed in eval mode."""
-        target, decoder = sample["target"], model.decoder
+        seen for the first time."""
+        target, decoder, net_input = sample["target"], model.decoder, sample["net_input"]
         keys = [(int(i), hash(tuple(row[keep].tolist()))) for i, row, keep in zip(sample["id"], target, live)]
         missing = [b for b, key in enumerate(keys) if key not in self.memorized_cache]
         if missing:
             rows = torch.tensor(missing, device=target.device)
             with torch.no_grad(), every_layer_in_eval(model), _not_measured(model):
-                encoder_rows = model.encoder.reorder_encoder_out(encoder_out, rows)
-                full = decoder(sample["net_input"]["prev_output_tokens"][rows], encoder_out=encoder_rows)
+                full = model(
+                    net_input["src_tokens"][rows], net_input["src_lengths"][rows], net_input["prev_output_tokens"][rows]
+                )
                 correct = torch.stack(
                     [
                         layer_logits(model, full, i).argmax(dim=-1) == target[rows]
@@ -212,7 +213,7 @@ class ConsistentEEPolicyCriterion(FrozenBackboneCriterion):
         with torch.no_grad():
             with every_layer_in_eval(model):
                 encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
-            memorized = self._memorized(model, sample, encoder_out, live) if self.reward == "hardness" else None
+            memorized = self._memorized(model, sample, live) if self.reward == "hardness" else None
             # Training explores exits; validation decides as at inference (eval mode already).
             explore = self._exploring(model, self.exploration == "greedy") if training else contextlib.nullcontext()
             with explore:
@@ -277,11 +278,7 @@ class ConsistentEEJointCriterion(ConsistentEEPolicyCriterion):
         net_input, target = sample["net_input"], sample["target"]
         live = target.ne(self.padding_idx)
         live_copies = live.repeat(samples, 1)
-        memorized = None
-        if self.reward == "hardness":
-            with torch.no_grad(), every_layer_in_eval(model):
-                encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
-            memorized = self._memorized(model, sample, encoder_out, live)
+        memorized = self._memorized(model, sample, live) if self.reward == "hardness" else None
         rows = torch.arange(target.size(0), device=target.device).repeat(samples)
         with self._exploring(model, dropout=True):
             logits, extra = model(
