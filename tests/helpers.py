@@ -64,7 +64,7 @@ def tiny_args(layers: int = 3, **overrides) -> argparse.Namespace:
     return args
 
 
-class _Task:
+class TinyTask:
     def __init__(self, dictionary):
         self.source_dictionary = self.target_dictionary = dictionary
 
@@ -74,10 +74,10 @@ def build_pair(dictionary, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     args = tiny_args(**overrides)
     bart_base_architecture(args)
-    reference = BARTModel.build_model(args, _Task(dictionary))
+    reference = BARTModel.build_model(args, TinyTask(dictionary))
     args = tiny_args(**overrides)
     hashee_bart_base_architecture(args)
-    model = HashEEBARTModel.build_model(args, _Task(dictionary))
+    model = HashEEBARTModel.build_model(args, TinyTask(dictionary))
     model.load_state_dict(reference.state_dict())
     return reference.eval(), model.eval()
 
@@ -86,7 +86,7 @@ def build_hashee(dictionary, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     args = tiny_args(**overrides)
     hashee_bart_base_architecture(args)
-    return HashEEBARTModel.build_model(args, _Task(dictionary)).eval()
+    return HashEEBARTModel.build_model(args, TinyTask(dictionary)).eval()
 
 
 def random_tables(model, generator: torch.Generator, low: int = 1, draw_sets: bool = False):
@@ -120,6 +120,21 @@ def random_batch(dictionary, generator: torch.Generator, bsz=4, src_len=9, tgt_l
         prev[row, 0] = eos
         prev[row, tgt_lengths[row] :] = pad
     return src.to(device), src_lengths.to(device), prev.to(device)
+
+
+def training_sample(dictionary, seed: int = 0, bsz: int = 3, ids=None):
+    """A criterion's sample as fairseq collates it: a random batch, random references, example ids."""
+    gen = torch.Generator().manual_seed(seed)
+    src, src_lengths, prev = random_batch(dictionary, gen, bsz=bsz)
+    target = torch.randint(dictionary.nspecial, len(dictionary), prev.shape, generator=gen)
+    target[prev.eq(dictionary.pad())] = dictionary.pad()
+    net_input = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev}
+    return {
+        "id": torch.arange(bsz) if ids is None else torch.tensor(ids),
+        "net_input": net_input,
+        "target": target,
+        "ntokens": int(target.ne(dictionary.pad()).sum()),
+    }
 
 
 def set_exit_impl(model, impl: str):

@@ -23,10 +23,13 @@ def test_a_trained_knob_trains_one_run_per_value_from_the_shared_backbone():
     points = sweep_points(METHODS["consistentee"], ["2", "5"])
     assert [p.label for p in points] == ["ConsistentEE, alpha 2", "ConsistentEE, alpha 5"]
     for point, value in zip(points, ("2", "5")):
-        backbone, policy = point.stages
+        backbone, policy, joint = point.stages
         assert backbone.name == "multi-exit" and policy.start == "multi-exit" and policy.frozen
         assert policy.name == f"consistentee-{value}"
         assert policy.options[-2:] == ("--consistentee-alpha", value)
+        # stage 3 (the whole model at the policies' exits) from this value's policies, with the same reward
+        assert joint.name == f"consistentee-joint-{value}" and joint.start == policy.name and joint.frozen
+        assert "consistentee_joint" in joint.options and joint.options[-2:] == ("--consistentee-alpha", value)
         assert point.generate_options == []
 
 

@@ -12,17 +12,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fairseq_hashee.criterions.consistentee_policy import ConsistentEEPolicyCriterion
+from fairseq_hashee.criterions.consistentee_policy import ConsistentEEJointCriterion, ConsistentEEPolicyCriterion
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.exits.consistentee import (
     ConsistentEERule,
+    epsilon_greedy,
+    exploration_epsilon,
+    exploring,
     memorized_layers,
     policy_log_probs,
     reinforce_loss,
     rewards,
 )
 
-from helpers import build_hashee, random_batch, tiny_dictionary
+from helpers import TinyTask, build_hashee, tiny_dictionary, training_sample
 
 NO_NORM = SimpleNamespace(layer_norm=None)  # what the rule reads of a post-LN decoder
 
@@ -57,6 +60,10 @@ def test_reward_and_log_probabilities_by_hand():
     r = rewards(nll, exits, memorized, alpha=0.1, num_layers=3)
     assert torch.allclose(r, torch.tensor([-0.5 - 0.1 * 1 * (2 / 3), -1.0 - 0.0, -2.0 - 0.1 * 3 * (1 / 3)]))
 
+    # the released code's rewards: -CE (BERT) and -CE - alpha * layer (LLaMA); neither reads m
+    assert torch.allclose(rewards(nll, exits, None, 0.1, 3, "ce"), torch.tensor([-0.5, -1.0, -2.0]))
+    assert torch.allclose(rewards(nll, exits, None, 0.1, 3, "ce-layer"), torch.tensor([-0.6, -1.2, -2.3]))
+
     # two copies of two positions: baselines 2 and 3.5, advantages -1, -1.5, 1, 1.5
     reward = torch.tensor([1.0, 2.0, 3.0, 5.0], requires_grad=True)
     log_pi = torch.tensor([-0.1, -0.2, -0.3, -0.4], requires_grad=True)
@@ -81,7 +88,7 @@ def test_policy_gradient_learns_the_exits_known_to_be_right():
     memorized = torch.where(easy, 1, 2)
     optimizer = torch.optim.Adam(rule.parameters(), lr=0.03)
     copies = states.repeat(samples, 1)
-    rule.explore = True
+    rule.explore = "sample"
     for _ in range(60):
         with torch.no_grad():
             fired = rule.fires(NO_NORM, 1, copies, copies)
@@ -97,25 +104,14 @@ def test_policy_gradient_learns_the_exits_known_to_be_right():
         optimizer.zero_grad()
         (reinforce_loss(reward, log_pi, samples) / reward.numel()).backward()
         optimizer.step()
-    rule.explore = False
+    rule.explore = None
     p = rule.score(NO_NORM, 1, states, states)
     assert bool((p[easy] > 0.5).all()) and bool((p[~easy] < 0.5).all()), p
     assert bool(rule.fires(NO_NORM, 1, states, states).eq(easy).all())  # at the default threshold 0.5
 
 
-class _Task:
-    def __init__(self, dictionary):
-        self.source_dictionary = self.target_dictionary = dictionary
-
-
-def _sample(model, seed=0):
-    dictionary = model.decoder.dictionary
-    gen = torch.Generator().manual_seed(seed)
-    src, src_lengths, prev = random_batch(dictionary, gen, bsz=3)
-    target = torch.randint(dictionary.nspecial, len(dictionary), prev.shape, generator=gen)
-    target[prev.eq(dictionary.pad())] = dictionary.pad()
-    net_input = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev}
-    return {"net_input": net_input, "target": target, "ntokens": int(target.ne(dictionary.pad()).sum())}
+def _sample(model, seed=0, ids=None):
+    return training_sample(model.decoder.dictionary, seed, ids=ids)
 
 
 @pytest.mark.parametrize("bias, mean_exit, pre_ln", [(30.0, 1.0, False), (-30.0, 3.0, True)])
@@ -128,11 +124,11 @@ def test_criterion_trains_the_policies_only(bias, mean_exit, pre_ln):
     with torch.no_grad():  # policies certain to exit at once, or never
         for policy in model.decoder.exit_rule.policies:
             policy[2].bias.fill_(bias)
-    criterion = ConsistentEEPolicyCriterion(_Task(model.decoder.dictionary), 0.01, 3)
+    criterion = ConsistentEEPolicyCriterion(TinyTask(model.decoder.dictionary), 0.01, 3)
     sample = _sample(model)
     torch.manual_seed(1)
     loss, sample_size, log = criterion(model, sample)
-    assert model.training and not model.decoder.exit_rule.explore  # restored
+    assert model.training and model.decoder.exit_rule.explore is None  # restored
     assert sample_size == 3 * sample["ntokens"]
     assert log["exit_layer_sum"] / sample_size == mean_exit
     assert 1 <= log["memorized_layer_sum"] / sample_size <= 3
@@ -149,16 +145,22 @@ def test_criterion_trains_the_policies_only(bias, mean_exit, pre_ln):
 
 
 def test_criterion_refuses_what_it_cannot_train():
-    task = _Task(tiny_dictionary())
+    task = TinyTask(tiny_dictionary())
     with pytest.raises(HashEEError, match="--consistentee-alpha: must be >= 0, got -1"):
         ConsistentEEPolicyCriterion(task, -1.0, 4)
     with pytest.raises(HashEEError, match="--consistentee-samples: must be >= 2"):
         ConsistentEEPolicyCriterion(task, 0.01, 1)
+    with pytest.raises(HashEEError, match=r"--consistentee-epsilon: expected a share in \[0, 1\], got 1.5"):
+        ConsistentEEJointCriterion(task, consistentee_epsilon=1.5)
+    with pytest.raises(HashEEError, match="--consistentee-epsilon-decay: must be > 0, got 0"):
+        ConsistentEEPolicyCriterion(task, consistentee_epsilon_decay=0)
     with pytest.raises(HashEEError, match="--consistentee-policy-dim: must be >= 0"):
         build_hashee(tiny_dictionary(), decoder_exit_rule="consistentee", consistentee_policy_dim=-1)
     model = build_hashee(tiny_dictionary(), decoder_exit_rule="dat-halting").train()
     with pytest.raises(HashEEError, match="trains the exit policies of --decoder-exit-rule consistentee"):
         ConsistentEEPolicyCriterion(task, 0.01, 4)(model, _sample(model))
+    with pytest.raises(HashEEError, match="--criterion consistentee_joint trains the exit policies"):
+        ConsistentEEJointCriterion(task)(model, _sample(model))
 
 
 def test_policies_start_fresh_only_when_training():
@@ -175,3 +177,111 @@ def test_policies_start_fresh_only_when_training():
     assert not any("halting" in k for k in state)  # the other rule's parameters are dropped
     model.load_state_dict(state)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in fresh.items())
+
+
+def test_explorations_by_hand():
+    greedy = torch.tensor([True, False, True, True])
+    explore_draw = torch.tensor([0.05, 0.5, 0.01, 0.9])  # below epsilon 0.1 at positions 0 and 2: a coin decides
+    coin_draw = torch.tensor([0.7, 0.1, 0.2, 0.3])  # heads (exit) below 0.5
+    assert epsilon_greedy(greedy, 0.1, explore_draw, coin_draw).tolist() == [False, False, True, True]
+    assert epsilon_greedy(greedy, 0.0, explore_draw, coin_draw).tolist() == greedy.tolist()
+    assert exploration_epsilon(0.1, 625, 0) == 0.1
+    assert math.isclose(exploration_epsilon(0.1, 625, 625), 0.1 / math.e)
+
+    rule = ConsistentEERule(4, 3, policy_dim=0)
+    with torch.no_grad():
+        rule.policies[0].weight.zero_()
+        rule.policies[0].bias.copy_(torch.log(torch.tensor(0.6 / 0.4)))  # p = 0.6 everywhere
+    h = torch.randn(64, 4)
+    for explore, expected in ((None, True), ("greedy", True)):  # p >= threshold 0.5
+        rule.explore = explore
+        assert bool(rule.fires(NO_NORM, 1, h, h).eq(expected).all())
+    rule.set_threshold(0.7)
+    assert not bool(rule.fires(NO_NORM, 1, h, h).any())
+    rule.explore, rule.epsilon = "epsilon", 1.0  # every decision a coin's, drawn after the exploration draw
+    torch.manual_seed(3)
+    torch.rand(64)
+    coins = torch.rand(64) < 0.5
+    torch.manual_seed(3)
+    assert torch.equal(rule.fires(NO_NORM, 1, h, h), coins)
+
+
+@pytest.mark.parametrize("exploration, dropout", [("greedy", True), ("sample", False)])
+def test_exploring_lets_the_rule_decide_with_or_without_dropout(exploration, dropout):
+    model = build_hashee(tiny_dictionary(), layers=3, decoder_exit_rule="consistentee", dropout=0.3).train()
+    decoder = model.decoder
+    assert decoder._active_rule() is None  # training runs every layer
+    with exploring(model, exploration, dropout=dropout):
+        assert decoder._active_rule() is decoder.exit_rule and decoder.exit_rule.explore == exploration
+        assert decoder.layers[0].dropout_module.training == dropout
+    assert model.training and decoder._active_rule() is None and decoder.exit_rule.explore is None
+
+
+def _counting_decoder(model, monkeypatch):
+    """The batch sizes of the decoder's forwards, those that run every layer (in eval mode) marked."""
+    calls, forward = [], model.decoder.forward
+
+    def counted(prev_output_tokens, *args, **kwargs):
+        calls.append((prev_output_tokens.size(0), model.decoder.exit_rule is None))
+        return forward(prev_output_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "forward", counted)
+    return calls
+
+
+def test_memorized_layers_are_computed_once_per_example(monkeypatch):
+    model = build_hashee(tiny_dictionary(), layers=3, decoder_exit_rule="consistentee").train()
+    criterion = ConsistentEEPolicyCriterion(TinyTask(model.decoder.dictionary), 0.01, 2)
+    fresh = ConsistentEEPolicyCriterion(TinyTask(model.decoder.dictionary), 0.01, 2)
+    calls = _counting_decoder(model, monkeypatch)
+    sample = _sample(model)
+    _, _, first = criterion(model, sample)
+    assert calls == [(3, True), (6, False)]  # every layer for the 3 examples, then 2 explored copies
+    calls.clear()
+    _, _, again = criterion(model, sample)
+    assert calls == [(6, False)]  # the same examples: no memorized-layer pass
+    assert again["memorized_layer_sum"] == first["memorized_layer_sum"]
+    calls.clear()
+    renamed = _sample(model, ids=[0, 9, 2])  # one example not seen yet
+    _, _, partly = criterion(model, renamed)
+    assert calls == [(1, True), (6, False)]
+    assert partly["memorized_layer_sum"] == fresh(model, renamed)[2]["memorized_layer_sum"]
+    calls.clear()
+    criterion.reward = "ce"  # the released code's reward reads no memorized layer: no pass at all
+    _, _, log = criterion(model, _sample(model, seed=1))
+    assert calls == [(6, False)] and "memorized_layer_sum" not in log
+
+
+def test_joint_stage_loss_by_hand(monkeypatch):
+    """Policies at p = 0.5 everywhere: log pi = -(decisions) log 2; loss = CE at the exits + policy loss."""
+    model = build_hashee(tiny_dictionary(), layers=3, decoder_exit_rule="consistentee").train()
+    rule = model.decoder.exit_rule
+    with torch.no_grad():
+        for policy in rule.policies:
+            policy[2].weight.zero_()
+            policy[2].bias.zero_()
+    criterion = ConsistentEEJointCriterion(TinyTask(model.decoder.dictionary), 0.3, 2, "ce-layer")
+    sample = _sample(model)
+    outputs, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1])
+    torch.manual_seed(0)
+    loss, sample_size, log = criterion(model, sample)
+    ((logits, extra),) = outputs
+    target, live = sample["target"].repeat(2, 1), sample["target"].ne(1).repeat(2, 1)
+    nll = -torch.log_softmax(logits.float(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)[live]
+    exits = extra["exits"][live].float()
+    reward = -nll.detach() - 0.3 * exits
+    advantage = reward - reward.view(2, -1).mean(dim=0).repeat(2)
+    log_pi = -torch.clamp(exits, max=2) * math.log(2)  # decisions at layers 1..min(e, L - 1)
+    expected = nll.sum() - (advantage * log_pi).sum()
+    assert sample_size == 2 * sample["ntokens"] and bool((exits < 3).any()) and bool((exits > 1).any())
+    assert torch.allclose(loss, expected, atol=1e-5)
+    loss.backward()
+    grads = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "decoder.exit_rule.policies.0.2.bias" in grads and "encoder.layers.0.fc1.weight" in grads
+    assert model.training and rule.explore is None and not model.decoder.rule_while_training
+
+    model.eval()  # validation: stage 2's, one decoding at the threshold
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample)
+    assert sample_size == sample["ntokens"] and math.isclose(float(loss), -log["reward_sum"], rel_tol=1e-6)

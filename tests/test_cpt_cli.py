@@ -281,6 +281,9 @@ def test_consistentee_and_leco_fine_tune_from_a_converted_cpt(chinese_data, tmp_
         assert f"'finetune_from_model': '{work / 'start.pt'}'" in log, stage
     policy = (work / "train" / "consistentee-0.5" / "train.log").read_text()
     assert "'consistentee_alpha': 0.5" in policy and "arch='hashee_cpt_base'" in policy
+    joint = (work / "train" / "consistentee-joint-0.5" / "train.log").read_text()  # stage 3, from the policies
+    assert "consistentee_joint" in joint and "'consistentee_alpha': 0.5" in joint
+    assert f"'finetune_from_model': '{work / 'train' / 'consistentee-0.5' / 'checkpoint_best.pt'}'" in joint
     leco = torch.load(work / "train" / "leco" / "checkpoint_best.pt", map_location="cpu", weights_only=False)
     assert "decoder.exit_heads.choice" in leco["model"]
     for row in summary["rows"]:

@@ -117,6 +117,40 @@ def test_static_truncation_from_a_deeper_checkpoint(calm, data_bin, tmp_path):
     assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "rule, criterion",
+    [
+        (["--decoder-exit-rule", "confidence", "--exit-confidence", "classifier"],
+         ["--criterion", "calm_exit_classifier"]),
+        (["--decoder-exit-rule", "dat-halting"], ["--criterion", "dat_exit_classifier"]),
+        (["--decoder-exit-rule", "consistentee", "--consistentee-policy-dim", 4],
+         ["--criterion", "consistentee_policy", "--consistentee-samples", 2]),
+    ],
+    ids=["calm", "dat", "consistentee"],
+)  # fmt: skip
+def test_bf16_with_weight_decay_leaves_a_frozen_backbone_bit_identical(calm, data_bin, tmp_path, rule, criterion):
+    """fairseq's mixed-precision optimizer gives a parameter that requires grad and got none a zero
+    grad, which weight decay moves: only the rule's parameters may require grad. The decay (1% of
+    each weight per update) is larger than a bf16 step (0.4%), so a decayed weight cannot round back."""
+    import torch
+
+    import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+
+    root, _, _ = calm
+    backbone = root / "backbone" / "checkpoint_last.pt"
+    decay = ["--bf16", "--weight-decay", 1.0, "--lr-scheduler", "fixed", "--warmup-updates", 0, "--lr", 0.01]
+    train(data_bin, tmp_path, *rule, "--restore-file", backbone, *RESET, "--max-update", 2, *decay,
+          criterion=criterion)  # fmt: skip
+    before = torch.load(backbone, map_location="cpu")["model"]
+    after = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+
+    def in_bf16(tensor):  # what the bf16 model held (the checkpoint stores it as fp32)
+        return tensor.to(torch.bfloat16).float() if tensor.is_floating_point() else tensor
+
+    changed = sorted(k for k in after if k not in before or not torch.equal(after[k], in_bf16(before[k])))
+    assert changed and all(k.startswith("decoder.exit_rule.") for k in changed), changed
+
+
 @pytest.mark.parametrize("rule", ["dat-halting", "dat-multinomial"])
 def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule):
     root, _, _ = calm
@@ -310,6 +344,20 @@ def test_consistentee_trains_its_policies_then_generates(calm, data_bin, tmp_pat
     generated = generate(data_bin, tmp_path / "checkpoint_last.pt")
     assert _hypotheses(generated)
     assert 1.0 <= _decoder_speedup(generated)[1] <= LAYERS
+
+    # stage 3 (the released code's train_both): every parameter trains at the policies' exits, greedy
+    # decisions whose copies differ by dropout
+    joint = ["--criterion", "consistentee_joint", "--consistentee-samples", 2, "--consistentee-reward", "ce",
+             "--consistentee-exploration", "greedy"]  # fmt: skip
+    policies = tmp_path / "checkpoint_last.pt"
+    proc = train(data_bin, tmp_path / "joint", *rule, "--restore-file", policies, *RESET, "--max-update", 2,
+                 "--dropout", 0.3, criterion=joint)  # fmt: skip
+    assert '"exit_layer"' in proc.stdout + proc.stderr
+    stage2 = torch.load(policies, map_location="cpu")["model"]
+    stage3 = torch.load(tmp_path / "joint" / "checkpoint_last.pt", map_location="cpu")["model"]
+    changed = {k for k in stage3 if not torch.equal(stage3[k], stage2[k])}
+    assert "encoder.layers.0.fc1.weight" in changed and "decoder.exit_rule.policies.0.2.bias" in changed
+    assert _hypotheses(generate(data_bin, tmp_path / "joint" / "checkpoint_last.pt"))
 
     # the cache invariant of design section 7 on the trained policies, beside HashEE encoder exits
     from fairseq import checkpoint_utils

@@ -5,7 +5,8 @@ full-depth model the comparison trains first) and fine-tunes for the same
 number of updates with the same options; what differs is listed here and
 nowhere else. Methods whose exits are learned on a frozen backbone (DAT,
 ConsistentEE) or need an architecture search first (LECO) add a stage of
-``--frozen-updates``. Stages with the same name are the same run: CALM, DAT and
+``--frozen-updates``, as does ConsistentEE's third stage (the whole model at
+the policies' exits). Stages with the same name are the same run: CALM, DAT and
 ConsistentEE share the multi-exit backbone, as docs/exit-methods.md trains it.
 """
 
@@ -27,7 +28,8 @@ class Stage:
     name: str
     start: str  # "start" (the shared starting checkpoint) or an earlier stage's name
     options: Tuple[str, ...]
-    frozen: bool = False  # trains exit parameters only: --frozen-updates, not --max-update
+    frozen: bool = False  # an extra stage (exit parameters, a search, ConsistentEE's joint stage): --frozen-updates
+    takes_knob: bool = False  # a trained knob's value is among its options: one run per value
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,15 @@ class Method:
     stages: Tuple[Stage, ...]  # the last one's checkpoint generates
     knob: Optional[str] = None  # the option swept, e.g. --exit-threshold
     sweep: Tuple[str, ...] = ()  # its default values; none: one row without the option unless --sweep
-    # A knob of the last stage's training (e.g. ConsistentEE's reward weight): each value trains its
-    # own copy of that stage; otherwise the knob is a fairseq-generate option of one trained model.
-    trained_knob: bool = False
     knob_label: Optional[str] = None  # in the row's label; default: the option's last word
     # The knob's values: (lowest, highest or None, integers only), checked before anything trains.
     knob_range: Optional[Tuple[float, Optional[float], bool]] = None
+
+    @property
+    def trained_knob(self) -> bool:
+        """Whether the knob is a training option (e.g. ConsistentEE's reward weight): each value trains
+        its own copy of the stages that take it; otherwise it is a fairseq-generate option of one model."""
+        return any(stage.takes_knob for stage in self.stages)
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,18 @@ class Point:
         """The training runs behind this row; the last one's checkpoint generates it."""
         if self.value is None or not self.method.trained_knob:
             return self.method.stages
-        last = self.method.stages[-1]
-        knobbed = replace(last, name=f"{last.name}-{self.value}", options=last.options + (self.method.knob, self.value))
-        return self.method.stages[:-1] + (knobbed,)
+        renamed = {s.name: f"{s.name}-{self.value}" for s in self.method.stages if s.takes_knob}
+        return tuple(
+            replace(
+                s,
+                name=renamed[s.name],
+                start=renamed.get(s.start, s.start),
+                options=s.options + (self.method.knob, self.value),
+            )
+            if s.takes_knob
+            else s
+            for s in self.method.stages
+        )
 
     @property
     def generate_options(self) -> List[str]:
@@ -85,14 +99,18 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
     )
 
-    def learned_on_frozen(key: str, label: str, rule: str, criterion: str, **knob) -> Method:
-        """A rule whose parameters train on the frozen multi-exit backbone, swept over its threshold
-        unless ``knob`` names another."""
+    def learned_on_frozen(key: str, label: str, rule: str, criterion: str, *later: Stage, **knob) -> Method:
+        """A rule whose parameters train on the frozen multi-exit backbone (then the ``later`` stages),
+        swept over its threshold unless ``knob`` names another (a trained knob: the rule's stage takes it)."""
         stage = Stage(
-            key, "multi-exit", no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion), frozen=True
+            key,
+            "multi-exit",
+            no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion),
+            frozen=True,
+            takes_knob=bool(knob),
         )
         knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"), knob_range=(0.0, 1.0, False))
-        return Method(key, label, (multi_exit, stage), **knob)
+        return Method(key, label, (multi_exit, stage) + later, **knob)
 
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
@@ -117,9 +135,8 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         Method(
             "hashee-encdec",
             "HashEE, encoder+decoder exits",
-            (Stage("hashee-encdec", "start", ("--decoder-exits",) + SMOOTHED),),
+            (Stage("hashee-encdec", "start", ("--decoder-exits",) + SMOOTHED, takes_knob=True),),
             "--decoder-exit-max",
-            trained_knob=True,
             knob_label="deepest decoder exit",
             knob_range=(1, decoder_layers, True),
         ),
@@ -133,15 +150,23 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         ),
         learned_on_frozen("dat", "DAT (halting)", "dat-halting", "dat_exit_classifier"),
         # The policies' exits are set by the reward's depth cost, not by the threshold: with the
-        # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md).
+        # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md). Their
+        # third stage (the released train_both) trains the whole model at the policies' exits, the
+        # same reward guiding the policies.
         learned_on_frozen(
             "consistentee",
             "ConsistentEE",
             "consistentee",
             "consistentee_policy",
+            Stage(
+                "consistentee-joint",
+                "consistentee",
+                no_encoder_exits + ("--decoder-exit-rule", "consistentee", "--criterion", "consistentee_joint"),
+                frozen=True,
+                takes_knob=True,
+            ),
             knob="--consistentee-alpha",
             sweep=("2", "5", "10"),
-            trained_knob=True,
             knob_range=(0.0, None, False),
         ),
         Method(

@@ -2,15 +2,19 @@
 
 A dynamic exit rule reads a layer's next-token distribution and emits it when
 the position exits there, so every layer's head must predict the next token,
-not only the top one's. Every layer runs for every position (rules do not
-fire while training), and the loss is
+not only the top one's. Every layer runs for every position, in training (rules
+do not fire while training) and in validation (the rule is set aside), and the loss is
 
     sum_i w_i * LS-CE(p_i, y) / sum_i w_i,    w_i = i (CALM's weights; --exit-loss-weights uniform: 1)
 
 with each layer's loss in the logs (``loss_layer{i}``). The reported
 ``nll_loss``/``ppl`` are the top layer's, as for the model without exits.
+Validating over every layer, as t5x validates CALM's backbone, keeps
+``checkpoint_best.pt`` (where the exit methods' later stages start) the best
+multi-exit model, not the best at the exits of whatever threshold the rule has.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +27,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..errors import HashEEError
+from ..exits.rules import every_layer_in_eval
 
 WEIGHTINGS = ("layer", "uniform")
 
@@ -68,7 +73,8 @@ class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCrite
                 "--criterion multi_exit_label_smoothed_cross_entropy trains chosen exit heads: a model with "
                 "--exit-heads search trains with --criterion leco_head_search (then --exit-heads searched)"
             )
-        net_output = model(**sample["net_input"])
+        with contextlib.nullcontext() if model.training else every_layer_in_eval(model):
+            net_output = model(**sample["net_input"])
         num_layers = model.decoder.num_layers
         weights = [float(i) if self.exit_loss_weights == "layer" else 1.0 for i in range(1, num_layers + 1)]
         loss, logging_output = 0.0, {}

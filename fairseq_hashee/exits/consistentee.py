@@ -7,19 +7,29 @@ sigmoid; with ``--consistentee-policy-dim 0`` one ``Linear(d, 1)``, their
 LLaMA code's). At inference a position exits at the first layer whose
 ``p_i`` reaches ``--exit-threshold`` (default 0.5; the authors' test is ``p > 0.5``).
 
-Training (``--criterion consistentee_policy``, criterions/consistentee_policy.py)
-follows the first two of the authors' three stages (the third, the backbone
-retrained under the policies' exits, is not here): the backbone and its exit heads first
+Training follows the authors' three stages: the backbone and its exit heads
 (``multi_exit_label_smoothed_cross_entropy``), then the policies alone by
-REINFORCE. Each batch is decoded ``K`` times with exits *sampled* from the
-policies (``exit ~ Bernoulli(p_i)`` at each layer a position reaches), and a
-position that exits at layer ``e`` is rewarded
+REINFORCE on the frozen backbone (``--criterion consistentee_policy``), then
+backbone, heads and policies together at the exits the policies choose
+(``--criterion consistentee_joint``, their ``train_both``; both in
+criterions/consistentee_policy.py). Each batch is decoded ``K`` times with
+the rule deciding, each decision *explored* (``--consistentee-exploration``):
 
-    r = -CE(p_e, y) - alpha * e * (1 - m / L)
+- ``sample``: exit ~ Bernoulli(p_i) (ours, the default);
+- ``greedy``: exit when ``p_i`` reaches the threshold, the copies differing by
+  dropout only (the authors' BERT code: its epsilon is 0);
+- ``epsilon``: with probability ``epsilon`` a fair coin decides, else greedy
+  (their LLaMA code), ``epsilon = epsilon_0 * exp(-updates / decay)``.
+
+A position that exits at layer ``e`` is rewarded (``--consistentee-reward``)
+
+    hardness:  r = -CE(p_e, y) - alpha * e * (1 - m / L)    (design.md section 7's reading of the paper; the default)
+    ce:        r = -CE(p_e, y)                              (the BERT code's train_rl and train_both)
+    ce-layer:  r = -CE(p_e, y) - alpha * e                  (the LLaMA code)
 
 with ``m`` its *memorized layer* (``memorized_layers``): a position that the
 shallow layers already get right (small ``m``) pays for depth, a hard one
-(``m = L``) only for errors. The loss is ``-(r - b) log pi`` with ``b`` the
+(``m = L``) only for errors. The policy loss is ``-(r - b) log pi`` with ``b`` the
 mean reward of the same position over the ``K`` copies and
 
     log pi = sum_{i < e} log(1 - p_i) + log p_e    (no ``log p_e`` term at the top layer, where nothing is decided)
@@ -29,6 +39,8 @@ so that it can be checked by hand.
 """
 
 import contextlib
+import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +50,8 @@ from ..errors import HashEEError
 from .rules import ExitRule
 
 DEFAULT_POLICY_DIM = 32  # the hidden size of the authors' BERT policy network
+EXPLORATIONS = ("sample", "greedy", "epsilon")
+REWARDS = ("hardness", "ce", "ce-layer")
 
 
 class ConsistentEERule(ExitRule):
@@ -57,8 +71,10 @@ class ConsistentEERule(ExitRule):
             else nn.Linear(embed_dim, 1)
             for _ in range(num_layers - 1)
         )
-        # While set (by ``sampling_exits``), a position exits with probability p_i instead of when p_i >= threshold.
-        self.explore = False
+        # While set (by ``exploring``), how a decision is drawn (EXPLORATIONS); at inference, p_i >= threshold.
+        self.explore: Optional[str] = None
+        self.epsilon = 0.0  # the epsilon-greedy exploration's share of random decisions
+        self.num_updates = 0  # fairseq's update count (set_num_updates), for epsilon's decay
 
     @staticmethod
     def policy_input(decoder, h: Tensor) -> Tensor:
@@ -73,11 +89,17 @@ class ConsistentEERule(ExitRule):
     def score(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
         return torch.sigmoid(self.exit_logits(decoder, layer, h).float())
 
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = num_updates
+
     def fires(self, decoder, layer: int, h: Tensor, h_prev: Tensor) -> Tensor:
         p = self.score(decoder, layer, h, h_prev)
-        if self.explore:
+        if self.explore == "sample":
             return torch.bernoulli(p).bool()
-        return p >= self.threshold
+        greedy = p >= self.threshold
+        if self.explore == "epsilon":
+            return epsilon_greedy(greedy, self.epsilon, torch.rand_like(p), torch.rand_like(p))
+        return greedy
 
     def decision_flops(self, decoder, layer: int) -> float:
         embed_dim = decoder.shape.embed_dim
@@ -87,16 +109,30 @@ class ConsistentEERule(ExitRule):
 
 
 @contextlib.contextmanager
-def sampling_exits(model):
-    """The model as at inference (eval mode, the rule deciding), but with exits drawn from the policies."""
-    rule, training = model.decoder.exit_rule, model.training
-    model.eval()
-    rule.explore = True
+def exploring(model, exploration: str, epsilon: float = 0.0, dropout: bool = False):
+    """The decoder's rule deciding exits as at inference, each decision drawn by ``exploration``
+    (EXPLORATIONS); the model in train mode (dropout on) with ``dropout``, else in eval mode."""
+    decoder, rule, training = model.decoder, model.decoder.exit_rule, model.training
+    model.train(dropout)
+    decoder.rule_while_training = True
+    rule.explore, rule.epsilon = exploration, epsilon
     try:
         yield
     finally:
-        rule.explore = False
+        rule.explore, rule.epsilon = None, 0.0
+        decoder.rule_while_training = False
         model.train(training)
+
+
+def epsilon_greedy(greedy: Tensor, epsilon: float, explore_draw: Tensor, coin_draw: Tensor) -> Tensor:
+    """Exit decisions (N,): where ``explore_draw`` (uniform, N) is below ``epsilon`` a fair coin
+    (``coin_draw < 0.5``), elsewhere the greedy decision ``greedy`` (N,)."""
+    return torch.where(explore_draw < epsilon, coin_draw < 0.5, greedy)
+
+
+def exploration_epsilon(start: float, decay: float, updates: int) -> float:
+    """``start * exp(-updates / decay)``: the LLaMA code's schedule, decaying to 0 (its EPS_END)."""
+    return start * math.exp(-updates / decay)
 
 
 def memorized_layers(correct: Tensor) -> Tensor:
@@ -112,10 +148,23 @@ def memorized_layers(correct: Tensor) -> Tensor:
     return (num_layers + 1 - streak).clamp(max=num_layers)
 
 
-def rewards(exit_nll: Tensor, exits: Tensor, memorized: Tensor, alpha: float, num_layers: int) -> Tensor:
-    """``r = -CE at the exit layer - alpha * exit layer * (1 - memorized / L)``, elementwise."""
-    hardness_weight = 1.0 - memorized.to(exit_nll.dtype) / num_layers
-    return -exit_nll - alpha * exits.to(exit_nll.dtype) * hardness_weight
+def rewards(
+    exit_nll: Tensor,
+    exits: Tensor,
+    memorized: Optional[Tensor],
+    alpha: float,
+    num_layers: int,
+    kind: str = "hardness",
+) -> Tensor:
+    """The reward ``kind`` (REWARDS) of exiting at layers ``exits`` with CE ``exit_nll``, elementwise:
+    ``-CE - alpha * exit layer * (1 - memorized / L)``, ``-CE`` or ``-CE - alpha * exit layer``
+    (``memorized`` is read by ``hardness`` only)."""
+    if kind == "ce":
+        return -exit_nll
+    depth = exits.to(exit_nll.dtype)
+    if kind == "hardness":
+        depth = depth * (1.0 - memorized.to(exit_nll.dtype) / num_layers)
+    return -exit_nll - alpha * depth
 
 
 def policy_log_probs(exit_logits: Tensor, exits: Tensor, min_layer: int = 1) -> Tensor:

@@ -51,6 +51,8 @@ class PlannedStackMixin:
         self.exit_rule = exit_rule
         # Set by flops.measuring() while FLOPs are being counted.
         self.speedup_meter = None
+        # Set while ConsistentEE's criterions decode with exits in train mode (exits/consistentee.py: exploring).
+        self.rule_while_training = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -69,8 +71,9 @@ class PlannedStackMixin:
         self._run_layer = runners[value]
 
     def _active_rule(self):
-        """The exit rule, unless training: multi-exit training runs every layer."""
-        return None if self.training else self.exit_rule
+        """The exit rule, unless training (multi-exit training runs every layer) without
+        ``rule_while_training``, which ConsistentEE's criterions set to decode with exits."""
+        return self.exit_rule if self.rule_while_training or not self.training else None
 
     def plan(self, exits: Tensor, step: bool = False, causal: bool = False) -> StackPlanner:
         """The planner of one forward over positions that exit at ``exits`` (B, T): an

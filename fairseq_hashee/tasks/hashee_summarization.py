@@ -26,6 +26,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import hash_functions
+from ..criterions.frozen_backbone import freeze_backbone
 from ..dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
@@ -160,8 +161,15 @@ class HashEESummarizationTask(TranslationTask):
         if not from_checkpoint:
             self.install_exit_tables(model)
             model.exit_parameters_may_start_fresh = True
+            freeze_backbone(model, self._criterion_name())
         self.configure_exit_rule(model)
         return model
+
+    def _criterion_name(self) -> Optional[str]:
+        """The --criterion of the run this task belongs to (fairseq builds the model before the criterion)."""
+        root = self.cfg._get_root() if hasattr(self.cfg, "_get_root") else None
+        criterion = root.get("criterion") if root is not None and hasattr(root, "get") else None
+        return getattr(criterion, "_name", None)
 
     def configure_exit_rule(self, model) -> None:
         """The generation-time settings of the decoder's exit rule (threshold, lowest layer)."""
