@@ -13,7 +13,7 @@ sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
 """
 
 import dataclasses
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
@@ -37,6 +37,8 @@ class StackRun(NamedTuple):
     x: Tensor  # (T, B, C) states after the last layer
     exits: Tensor  # (B, T) exit layers the positions ran to (a rule's decisions included)
     decision_flops: float  # FLOPs an exit rule spent deciding
+    # Rows, times (K,) and logits (K, V) of positions whose output is the logits a rule decided with.
+    exit_logits: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
 
 class PlannedStackMixin:
@@ -78,7 +80,12 @@ class PlannedStackMixin:
         return StackPlanner(exits, self.num_layers, every_layer_full=no_exits)
 
     def run_layers(
-        self, states: List[Tensor], planner: StackPlanner, inputs: LayerInputs, keep_states: bool
+        self,
+        states: List[Tensor],
+        planner: StackPlanner,
+        inputs: LayerInputs,
+        keep_states: bool,
+        first_position: int = 0,
     ) -> StackRun:
         """Run every layer, as ``planner`` (from ``plan``) plans them, on ``states[-1]`` (T, B, C).
 
@@ -86,14 +93,16 @@ class PlannedStackMixin:
         without, the list is emptied, so that (the caller holding no other
         reference) no state outlives the layer that reads it: one state less
         at the memory peak. A rule decides after each layer below the top
-        which of its active positions exit there.
+        which of its active positions exit there; ``first_position`` is the
+        absolute position of time 0 (the rule's memory gives it to rules that
+        depend on it).
         """
         x = states[-1]
         if not keep_states:
             states.clear()
         rule = self._active_rule()
         # What the rule carries for each position from one layer to the next, in this forward only.
-        memory = PositionMemory(planner.exits.shape, x.device) if rule is not None else None
+        memory = PositionMemory(planner.exits.shape, x.device, first_position) if rule is not None else None
         decision_flops = 0.0
         for i, layer in enumerate(self.layers, start=1):
             # The input stays referenced only while a rule may read it (the state before the layer).
@@ -103,12 +112,15 @@ class PlannedStackMixin:
                 decision_flops += self._decide_exits(rule, i, x, before, planner, memory)
             if keep_states:
                 states.append(x)
-        return StackRun(x, planner.exits, decision_flops)
+        return StackRun(x, planner.exits, decision_flops, memory.exit_logits() if memory is not None else None)
 
     def _decide_exits(
         self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
     ) -> float:
-        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost."""
+        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost.
+
+        A position that exits here outputs the logits the rule decided with (if it computed
+        any): the head counted in its decision is the one counted for its output."""
         rows, times = planner.active_indices(layer)
         if rows.numel() == 0:
             return 0.0
@@ -117,7 +129,9 @@ class PlannedStackMixin:
             self, layer, after[times, rows], before[times, rows], exits[rows, times], memory=memory.at(rows, times)
         )
         planner.set_exits(exits.index_put((rows, times), decided))
-        return rows.numel() * rule.decision_flops(self, layer)
+        reused = memory.settle_logits(decided == layer)
+        output_head = self.exit_heads.flops_per_position(layer, self.shape.vocab) if reused else 0.0
+        return rows.numel() * rule.decision_flops(self, layer) - reused * output_head
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -231,7 +245,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             alignment_heads=alignment_heads,
         )
         if not features_only:
-            x = self.exit_heads.output(self, x, extra["exits"])
+            x = self.exit_heads.output(self, x, extra["exits"], extra["exit_logits"])
         return x, extra
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
@@ -282,7 +296,8 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             self_attn_mask=self.buffered_future_mask(x) if incremental_state is None else None,
         )
         inner_states: List[Optional[Tensor]] = [x]
-        run = self.run_layers(inner_states, planner, inputs, keep_states=True)
+        past_len = prev_output_tokens.size(1) - tokens.size(1)
+        run = self.run_layers(inner_states, planner, inputs, keep_states=True, first_position=past_len)
         x, exits = run.x, run.exits
 
         if self.layer_norm is not None:
@@ -291,11 +306,11 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
-            past_len = prev_output_tokens.size(1) - tokens.size(1)
             # Exit heads beyond the output projection are spent where positions exit (searched heads).
             heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab)
             self._measure(exits, past_len, inputs, run.decision_flops + heads)
-        return x, {"attn": [None], "inner_states": inner_states, "exits": exits}
+        extra = {"attn": [None], "inner_states": inner_states, "exits": exits, "exit_logits": run.exit_logits}
+        return x, extra
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):
         """Embeddings (T, B, C) of the positions this call computes, and their tokens.
