@@ -53,3 +53,17 @@ def test_full_depth_always_comes_first():
     assert [m.key for m in select_methods(METHODS, ["leco", "static-half"])] == ["full", "static-half", "leco"]
     with pytest.raises(HashEEError, match="needs a decoder of at least 2 layers"):
         select_methods(build_methods(2, 1), ["calm"])
+
+
+def test_dat_trains_on_its_own_uniformly_weighted_backbone():
+    """DAT's aligned training weighs the exits alike; CALM's backbone weighs layer i by i."""
+    backbone, halting = METHODS["dat"].stages
+    assert backbone.name == "dat-backbone" and backbone.start == "start" and not backbone.frozen
+    assert backbone.options[-2:] == ("--exit-loss-weights", "uniform")
+    assert "--decoder-exit-rule" not in backbone.options
+    assert halting.start == "dat-backbone" and halting.frozen
+    assert halting.options[-2:] == ("--dat-oracle-smoothing", "1")
+    assert (
+        METHODS["calm"].stages[0].name == "multi-exit"
+        and "--exit-loss-weights" not in METHODS["calm"].stages[0].options
+    )

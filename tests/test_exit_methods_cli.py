@@ -130,7 +130,7 @@ def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule
     proc = train(
         data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", backbone,
         *RESET, "--max-update", 10,
-        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05],
+        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05, "--dat-oracle-smoothing", 1],
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log
