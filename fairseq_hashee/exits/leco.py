@@ -4,8 +4,8 @@ LECO pairs searched exit heads (heads.py, ``--exit-heads search/searched``)
 with COBEE, a comparison-based exiting mechanism. COBEE's exact definition
 could not be read (only the paper's abstract was available to us: "a
 simple-yet-effective comparison-based early exiting mechanism"), so this is
-NOT COBEE but the closest rule we can document, from the patience-based
-rules LECO builds on (PABEE, Zhou et al. 2020; PCEE-BERT, Zhang et al. 2022):
+NOT COBEE but a comparison of successive exits we can document: PABEE's
+patience counter (Zhou et al. 2020) with a confidence gate of ours:
 
     pred_i = argmax p_i,  conf_i = max p_i,
     run_i  = run_{i-1} + 1 if pred_i == pred_{i-1} else 0     (run_1 = 0)
@@ -14,7 +14,8 @@ rules LECO builds on (PABEE, Zhou et al. 2020; PCEE-BERT, Zhang et al. 2022):
 i.e. the last ``patience + 1`` heads agree on the next token and the current
 one is confident. ``patience`` is ``--exit-patience`` (default 1),
 ``threshold`` ``--exit-threshold`` (default 0: agreement alone, PABEE's
-rule); both are task options, set when generating. The rule reads every
+rule; PCEE-BERT's patience counts layers whose normalised entropy is low, a
+different rule); both are task options, set when generating. The rule reads every
 layer's head below the top (its history must be complete, so also below
 ``--exit-min-layer``), and pays for it: a head per position and layer; a
 position that exits outputs the logits its last head computed to decide.
