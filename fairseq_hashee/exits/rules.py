@@ -199,7 +199,7 @@ class ConfidenceRule(ExitRule):
         return super().decides_at(layer) and (layer >= 2 or self.measure != "saturation")
 
     def set_threshold_decay(self, tau: float, length: int) -> None:
-        """Decay the threshold along the decoding positions (CALM, Schuster et al. 2022, eq. 5):
+        """Decay the threshold along the decoding positions (CALM, Schuster et al. 2022):
         ``tau`` its temperature, ``length`` the maximum target length N."""
         if not tau > 0:
             raise HashEEError(f"--exit-threshold-decay: expected a temperature > 0, got {tau}")
