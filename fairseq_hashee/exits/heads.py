@@ -242,17 +242,14 @@ class ExitHeads(nn.Module):
         """The model's logits (B, T, V) for decoder ``features`` (B, T, C) (normalised
         already): each position's from the head of its exit layer ``exits`` (B, T).
 
-        ``known``: rows, times (K,) and logits (K, V) of positions whose exit layer's
-        logits a rule computed already to decide (``PositionMemory.exit_logits``); they
-        are taken as they are, not computed again."""
+        ``known``: logits (B, T, V) holding, where the mask (B, T) says, the exit
+        layer's logits a rule computed already to decide (``PositionMemory.exit_logits``);
+        the other positions' are computed into them (one host read: how many)."""
         if known is None:
             return self._output_rows(decoder, features, exits)
-        rows, times, known_logits = known
-        logits = features.new_empty(features.shape[:-1] + (known_logits.size(-1),))
-        logits[rows, times] = known_logits.to(logits.dtype)
-        computed = torch.ones_like(exits, dtype=torch.bool)
-        computed[rows, times] = False
-        logits[computed] = self._output_rows(decoder, features[computed], exits[computed])
+        logits, known_mask = known
+        computed = ~known_mask
+        logits[computed] = self._output_rows(decoder, features[computed], exits[computed]).to(logits.dtype)
         return logits
 
     def _output_rows(self, decoder, features: Tensor, exits: Tensor) -> Tensor:
@@ -284,13 +281,19 @@ class ExitHeads(nn.Module):
             return sum(head_arch_flops(arch, dim, vocab) for arch in HEAD_ARCHS)
         return head_arch_flops(self.chosen_archs()[layer - 1], dim, vocab)
 
-    def output_extra_flops(self, exits: Tensor, vocab: int) -> float:
+    def output_extra_flops(self, exits: Tensor, vocab: int, known: Optional[Tensor] = None) -> float:
         """What the heads of positions exited at ``exits`` (B, T) cost beyond the output
-        projection every position is counted with (one host read; searched heads only)."""
-        if self.candidates is None:
-            return 0.0
-        counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
-        base = 2.0 * self.embed_dim * vocab
-        return sum(
-            counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
-        )
+        projection every position is counted with: more for searched heads, nothing at all
+        where a rule's logits are the output (``known``, B x T: their head is counted as the
+        rule's decision). One host read per term."""
+        extra = 0.0
+        if self.candidates is not None:
+            counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
+            base = 2.0 * self.embed_dim * vocab
+            extra += sum(
+                counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
+            )
+        if known is not None:
+            reused = torch.bincount(exits[known].clamp(min=0), minlength=self.num_layers + 1).tolist()
+            extra -= sum(reused[layer] * self.flops_per_position(layer, vocab) for layer in range(1, self.num_layers))
+        return extra

@@ -35,7 +35,7 @@ DAT's rules are in dat.py, LECO's in leco.py.
 """
 
 import contextlib
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,9 @@ class PositionMemory:
     It also keeps the next-token logits a rule computed to decide (``keep_logits``):
     a position that exits at that layer outputs them (``settle_logits``), so its
     exit layer's head is applied once, as in CALM's code, not once to decide and
-    once more for the output.
+    once more for the output. They are written into the forward's output logits
+    (B, T, V) as they come, with a mask of the positions they are final for: no
+    host read.
     """
 
     def __init__(self, shape, device, first_position: int = 0):
@@ -69,7 +71,8 @@ class PositionMemory:
         self._fields = {}
         self._index = None
         self._logits: Optional[Tensor] = None
-        self._settled: List[Tuple[Tensor, Tensor, Tensor]] = []
+        self._output: Optional[Tensor] = None  # (B, T, V) once a rule kept logits
+        self._known: Optional[Tensor] = None  # (B, T): where _output holds a position's final logits
 
     def at(self, rows: Tensor, times: Tensor) -> "PositionMemory":
         self._index = (rows, times)
@@ -95,22 +98,22 @@ class PositionMemory:
         """The exit head's logits (N, V) a rule computed at the current positions."""
         self._logits = logits
 
-    def settle_logits(self, exited: Tensor) -> int:
-        """Keep the logits of the current positions that exit at this layer (``exited``, N) as
-        their output; returns how many (0 when the rule computed no logits)."""
+    def settle_logits(self, exited: Tensor) -> None:
+        """Keep the logits the rule computed (if any) as the output of the current positions that
+        exit at this layer (``exited``, N); the others' are overwritten later."""
         if self._logits is None:
-            return 0
-        rows, times = self._index
-        settled = (rows[exited], times[exited], self._logits[exited])
+            return
+        if self._output is None:
+            self._output = self._logits.new_empty(self.shape + (self._logits.size(-1),))
+            self._known = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        self._output.index_put_(self._index, self._logits)
+        self._known.index_put_(self._index, exited)
         self._logits = None
-        self._settled.append(settled)
-        return settled[0].numel()
 
-    def exit_logits(self) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
-        """Rows, times (K,) and logits (K, V) of the positions that output a rule's logits, or None."""
-        if not self._settled:
-            return None
-        return tuple(torch.cat(parts) for parts in zip(*self._settled))
+    def exit_logits(self) -> Optional[Tuple[Tensor, Tensor]]:
+        """The output logits (B, T, V) a rule's logits were written into and the mask (B, T) of the
+        positions whose final logits they hold, or None where the rule kept no logits."""
+        return None if self._output is None else (self._output, self._known)
 
 
 def kept_head_logits(decoder, layer: int, h: Tensor, memory: Optional[PositionMemory]) -> Tensor:

@@ -37,8 +37,9 @@ class StackRun(NamedTuple):
     x: Tensor  # (T, B, C) states after the last layer
     exits: Tensor  # (B, T) exit layers the positions ran to (a rule's decisions included)
     decision_flops: float  # FLOPs an exit rule spent deciding
-    # Rows, times (K,) and logits (K, V) of positions whose output is the logits a rule decided with.
-    exit_logits: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    # Output logits (B, T, V) holding those a rule decided with, and the mask (B, T) of the positions
+    # whose final logits they are (PositionMemory.exit_logits).
+    exit_logits: Optional[Tuple[Tensor, Tensor]] = None
 
 
 class PlannedStackMixin:
@@ -118,9 +119,7 @@ class PlannedStackMixin:
         self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
     ) -> float:
         """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost.
-
-        A position that exits here outputs the logits the rule decided with (if it computed
-        any): the head counted in its decision is the one counted for its output."""
+        A position that exits here outputs the logits the rule decided with (if it computed any)."""
         rows, times = planner.active_indices(layer)
         if rows.numel() == 0:
             return 0.0
@@ -129,9 +128,8 @@ class PlannedStackMixin:
             self, layer, after[times, rows], before[times, rows], exits[rows, times], memory=memory.at(rows, times)
         )
         planner.set_exits(exits.index_put((rows, times), decided))
-        reused = memory.settle_logits(decided == layer)
-        output_head = self.exit_heads.flops_per_position(layer, self.shape.vocab) if reused else 0.0
-        return rows.numel() * rule.decision_flops(self, layer) - reused * output_head
+        memory.settle_logits(decided == layer)
+        return rows.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -306,8 +304,10 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
-            # Exit heads beyond the output projection are spent where positions exit (searched heads).
-            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab)
+            # Exit heads beyond the output projection are spent where positions exit (searched heads),
+            # and none where the logits a rule decided with are the output (counted as its decision).
+            known = run.exit_logits[1] if run.exit_logits is not None else None
+            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab, known)
             self._measure(exits, past_len, inputs, run.decision_flops + heads)
         extra = {"attn": [None], "inner_states": inner_states, "exits": exits, "exit_logits": run.exit_logits}
         return x, extra
