@@ -104,3 +104,17 @@ def test_calibrate_options_are_checked_before_the_data(tmp_path, calibrate, grid
     with pytest.raises(HashEEError, match="^" + re.escape(message)):
         settings(_calibrate_args(calibrate, *grids), tmp_path, ("src", "tgt"), methods)
     assert settings(_calibrate_args(None), tmp_path, ("src", "tgt"), methods) is None
+
+
+def test_dat_trains_on_its_own_uniformly_weighted_backbone():
+    """DAT's aligned training weighs the exits alike; CALM's backbone weighs layer i by i."""
+    backbone, halting = METHODS["dat"].stages
+    assert backbone.name == "dat-backbone" and backbone.start == "start" and not backbone.frozen
+    assert backbone.options[-2:] == ("--exit-loss-weights", "uniform")
+    assert "--decoder-exit-rule" not in backbone.options
+    assert halting.start == "dat-backbone" and halting.frozen
+    assert halting.options[-2:] == ("--dat-oracle-smoothing", "1")
+    assert (
+        METHODS["calm"].stages[0].name == "multi-exit"
+        and "--exit-loss-weights" not in METHODS["calm"].stages[0].options
+    )

@@ -75,6 +75,9 @@ def test_threshold_is_set_when_generating(calm, data_bin):
     eager = generate(data_bin, checkpoint, "--exit-threshold", 0.0)
     speedup, mean_exit = _decoder_speedup(eager)
     assert mean_exit == 1.0 and speedup > 1.0  # every position exits at the first layer
+    # CALM's decaying threshold, N from --max-len-b (its formula and replay: test_exit_rules.py)
+    decaying = generate(data_bin, checkpoint, "--exit-threshold", 0.5, "--exit-threshold-decay", 4)
+    assert _hypotheses(decaying) and 1.0 <= _decoder_speedup(decaying)[1] <= float(LAYERS)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,9 @@ def test_threshold_is_set_when_generating(calm, data_bin):
         (["--exit-min-layer", 9], "--exit-min-layer: 9 is outside the decoder's layers 1..2"),
         (["--model-overrides", "{'exit_confidence': 'saturation'}", "--exit-threshold", -2],
          "--exit-threshold: -2.0 is outside [-1.0, 1.0], the range of the saturation confidence"),
+        (["--exit-threshold-decay", 0], "--exit-threshold-decay: expected a temperature > 0, got 0.0"),
+        (["--exit-threshold-decay-length", 10], "--exit-threshold-decay-length: it is N of --exit-threshold-decay"),
+        (["--exit-threshold-decay", 4, "--max-len-a", 1], "--exit-threshold-decay: the maximum length N varies"),
     ],
 )  # fmt: skip
 def test_bad_generation_options(calm, data_bin, options, message):
@@ -158,7 +164,7 @@ def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule
     proc = train(
         data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", backbone,
         *RESET, "--max-update", 10,
-        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05],
+        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05, "--dat-oracle-smoothing", 1],
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log

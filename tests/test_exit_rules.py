@@ -255,3 +255,108 @@ def test_a_layer_first_reached_after_a_sentence_finished_reads_its_own_source():
             model.set_beam_size(beam)
             assert (out[:, 0] - forced[:, step]).abs().max() < 1e-5, step
     assert (decided[:, :finished_at] == 1).all() and (decided[:, finished_at:] == LAYERS).all()
+
+
+def test_saturation_decides_from_layer_2():
+    """Below layer 1 there is only the embedding: CALM's state measure has no confidence at the first
+    exit, so a threshold every comparison passes exits at layer 2 (or at --exit-min-layer above it)."""
+    model = _model("saturation")
+    rule = model.decoder.exit_rule
+    rule.set_threshold(-1.0)
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, torch.Generator().manual_seed(5))
+    live = prev.ne(model.decoder.dictionary.pad())
+    for min_layer, expected in ((1, 2), (2, 2), (3, 3)):
+        rule.min_layer = min_layer
+        with torch.no_grad():
+            exits = model(src, src_lengths, prev)[1]["exits"]
+        assert bool((exits[live] == expected).all()), min_layer
+    rule.min_layer = 1
+    scores = rule_scores(model, src, src_lengths, prev)  # calibrated on the layers it decides at: 2..L-1
+    assert scores.numel() == int(live.sum()) * (LAYERS - 2)
+
+
+def test_decaying_threshold_on_hand_computed_values():
+    """CALM's lambda(t) = clip(0.9 lambda + 0.1 exp(-tau t / N)), here lambda 0.5, tau 4, N 10."""
+    rule = _model("softmax").decoder.exit_rule
+    rule.set_threshold(0.5)
+    rule.set_threshold_decay(4.0, 10)
+    expected = torch.tensor([0.55, 0.45 + 0.1 * 0.1353352832, 0.45 + 0.1 * 0.0183156389])
+    assert torch.allclose(rule.thresholds(torch.tensor([0, 5, 10])), expected, atol=1e-7)
+    rule.set_threshold(1.0)  # already at the top of the range at t = 0: the clip keeps it there
+    assert float(rule.thresholds(torch.tensor([0]))) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("measure", ["softmax", "classifier"])
+def test_decaying_threshold_decides_alike_incrementally_and_teacher_forced(measure):
+    """The threshold reads each position's absolute index: incremental steps take the decisions the
+    teacher-forced forward takes, and replaying them gives the same outputs."""
+    model = _model(measure, seed=1)
+    gen = torch.Generator().manual_seed(1)
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, gen, bsz=3)
+    rule = model.decoder.exit_rule
+    # lambda with 0.9 lambda at the scores' 30th percentile: late positions exit about 70% of the
+    # time, early ones (lambda(0) = 0.9 lambda + 0.1) less, and a constant lambda less still.
+    rule.set_threshold(float(rule_scores(model, src, src_lengths, prev).quantile(0.3)) / 0.9)
+    rule.set_threshold_decay(4.0, prev.size(1))
+    difference, decided = incremental_against_replay(model, gen)
+    assert difference < 1e-5
+    assert 1 <= int((decided < LAYERS).sum()) < decided.numel()
+    with torch.no_grad():
+        forced = model(src, src_lengths, prev)[1]["exits"]
+        encoder_out, state = model.encoder(src, src_lengths), {}
+        steps = [
+            model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[1]["exits"][:, 0]
+            for t in range(prev.size(1))
+        ]
+    live = prev.ne(model.decoder.dictionary.pad())
+    assert torch.equal(torch.stack(steps, dim=1)[live], forced[live])
+    rule.decay = None
+    with torch.no_grad():
+        constant = model(src, src_lengths, prev)[1]["exits"]
+    assert not torch.equal(constant[live], forced[live]), "the decay should change some decision"
+
+
+@pytest.mark.parametrize(
+    "rule, min_layer",
+    [("softmax", 1), ("softmax+searched", 1), ("agreement", 1), ("agreement", 3), ("agreement+searched", 2)],
+)
+def test_an_exit_decided_on_its_logits_pays_for_them_once(rule, min_layer):
+    """A position the rule exits at layer e after reading layer e's head outputs those logits: it pays
+    for the heads of its decisions at layers 1..e (e heads), none more for its output, and its output
+    is what the head of layer e gives (as when the same exit comes from a table)."""
+    model = _model(rule, seed=3)
+    decoder = model.decoder
+    exit_rule = decoder.exit_rule
+    exit_rule.set_threshold(0.0)  # fires at the first layer it may exit at
+    exit_rule.min_layer = min_layer
+    if hasattr(exit_rule, "set_patience"):
+        exit_rule.set_patience(0)
+    src, src_lengths, prev = random_batch(decoder.dictionary, torch.Generator().manual_seed(3), bsz=1, tgt_len=2)
+
+    def decode(first_exit=None):
+        """Two steps, counted and executed: the first with the rule (or the table's ``first_exit``),
+        the second running every layer, so every deferred key/value is read."""
+        outputs, executed = [], 0
+        with torch.no_grad(), flops.measuring(model) as meter:
+            encoder_out, state = model.encoder(src, src_lengths), {}
+            for step in range(2):
+                lookup, no_early_exits = decoder.token_exits, decoder.no_early_exits
+                if step == 0 and first_exit is not None:
+                    decoder.token_exits, decoder.no_early_exits = (lambda t: torch.full_like(t, first_exit)), False
+                rule_off = step == 1 or first_exit is not None
+                with _without_rule(decoder) if rule_off else contextlib.nullcontext():
+                    executed += _measured(
+                        lambda: outputs.append(
+                            decoder(prev[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
+                        )
+                    )
+                decoder.token_exits, decoder.no_early_exits = lookup, no_early_exits
+            return [out[0][:, 0] for out in outputs], int(outputs[0][1]["exits"]), executed, meter.spent("decoder")
+
+    ruled, exit_layer, executed, counted = decode()
+    assert exit_layer == min_layer and executed == counted
+    tabled, _, _, table_counted = decode(first_exit=exit_layer)
+    assert torch.allclose(ruled[0], tabled[0], atol=1e-6) and torch.allclose(ruled[1], tabled[1], atol=1e-6)
+    heads = decoder.exit_heads
+    decisions = sum(heads.flops_per_position(layer, decoder.shape.vocab) for layer in range(1, exit_layer))
+    assert counted == table_counted + decisions  # the table's exit pays layer e's head, for its output

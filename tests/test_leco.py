@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairseq_hashee.criterions.leco_head_search import held_out
 from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.exits.heads import HEAD_ARCHS, ExitHeads
 from fairseq_hashee.exits.leco import AgreementRule
@@ -102,6 +103,7 @@ def test_head_search_prefers_the_head_that_fits():
     projection = nn.Linear(dim, vocab, bias=False).requires_grad_(False)
     decoder = types.SimpleNamespace(output_projection=projection, layer_norm=None, project_out_dim=None)
     heads = ExitHeads(2, dim, projection, "search")
+    heads.alpha.requires_grad_(True)  # one optimizer for both here; the search criterion steps alpha itself
     with torch.no_grad():
         heads.candidates[0]["linear"].weight.normal_(0.0, 0.3)  # not a copy: it has to learn
     truth = torch.randn(vocab, dim)
@@ -223,36 +225,60 @@ def _sample(dictionary, seed=0):
     target = torch.roll(prev, -1, dims=1)
     target[prev.eq(dictionary.pad())] = dictionary.pad()
     net_input = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev}
-    return {"net_input": net_input, "target": target, "ntokens": int(target.ne(dictionary.pad()).sum())}
+    # held out at the default share (ids whose last three digits are below 500): rows 0 and 2
+    ids = torch.tensor([0, 700, 1250, 999])
+    return {"id": ids, "net_input": net_input, "target": target, "ntokens": int(target.ne(dictionary.pad()).sum())}
 
 
-def _search_gradients(model, criterion, sample):
-    model.zero_grad()
+def test_held_out_examples_are_chosen_by_id():
+    """Not the last rows of a batch (fairseq sorts batches by length): a fixed share of the ids."""
+    ids = torch.tensor([0, 499, 500, 999, 1000, 1250, 1600, 2300])
+    assert held_out(ids, 0.5).tolist() == [True, True, False, False, True, True, False, True]
+    assert held_out(ids, 0.25).tolist() == [True, False, False, False, True, False, False, False]
+    assert torch.equal(held_out(ids.flip(0), 0.5), held_out(ids, 0.5).flip(0))  # whatever the rows' order
+
+
+def _search_step(sample, seed=0):
+    """One training step of the search (a fresh model and criterion): the network's gradients,
+    alpha's gradient (the criterion's) and alpha after its step."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, seed=seed, layers=3, exit_heads="search").train()
+    criterion = _criterion("leco_head_search", dictionary)
     loss, _, log = criterion(model, sample)
     loss.backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, log
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return grads, criterion._alpha.grad.clone(), model.decoder.exit_heads.alpha.detach().clone(), log
 
 
-def test_search_step_trains_alpha_on_held_out_rows_only():
-    """First-order bilevel: alpha learns from the held-out rows, the network from the others."""
+def test_search_step_trains_alpha_on_held_out_examples_only():
+    """First-order bilevel: alpha learns from the held-out examples, the network from the others."""
     dictionary = tiny_dictionary()
-    model = build_hashee(dictionary, layers=3, exit_heads="search").train()
-    criterion = _criterion("leco_head_search", dictionary, head_search_holdout=0.5)
     sample = _sample(dictionary)
-    grads, log = _search_gradients(model, criterion, sample)
-    alpha = "decoder.exit_heads.alpha"
-    assert float(grads[alpha].abs().sum()) > 0
-    assert float(model.decoder.exit_heads.alpha_scale) == 100.0  # --head-search-alpha-scale's default
+    grads, alpha_grad, alpha, log = _search_step(sample)
     assert {f"alpha{i}_{arch}" for i in (1, 2) for arch in HEAD_ARCHS} <= set(log) and "arch_loss" in log
+    assert float(alpha_grad.abs().min()) > 0
 
-    # other targets on the held-out rows (the last 2 of 4): alpha's gradient changes, no other
-    changed = dict(sample, target=sample["target"].clone())
-    held = changed["target"][2:]
-    held[held.ne(dictionary.pad())] = dictionary.nspecial + 1
-    other, _ = _search_gradients(model, criterion, changed)
-    assert not torch.equal(other[alpha], grads[alpha])
-    assert set(other) == set(grads)
-    assert all(torch.equal(other[name], grads[name]) for name in grads if name != alpha)
+    def retargeted(rows):
+        changed = dict(sample, target=sample["target"].clone())
+        part = changed["target"][rows]
+        part[part.ne(dictionary.pad())] = dictionary.nspecial + 1
+        changed["target"][rows] = part
+        return changed
+
+    other_held = _search_step(retargeted([0, 2]))  # the held-out rows' targets: only alpha's gradient moves
+    assert not torch.equal(other_held[1], alpha_grad)
+    assert set(other_held[0]) == set(grads) and all(torch.equal(other_held[0][n], grads[n]) for n in grads)
+    other_train = _search_step(retargeted([1, 3]))  # the training rows': alpha's gradient stays
+    assert torch.equal(other_train[1], alpha_grad)
+
+
+def test_alpha_has_an_optimizer_of_its_own():
+    """fairseq's optimizer (and --clip-norm with it) never sees alpha: it takes no gradient from the
+    returned loss. Its own Adam's first step from alpha = 0 is lr * g / (|g| + 1e-8) (DARTS's weight
+    decay adds nothing at 0): every weight moves by about the learning rate against its gradient."""
+    grads, alpha_grad, alpha, _ = _search_step(_sample(tiny_dictionary()))
+    assert "decoder.exit_heads.alpha" not in grads
+    assert torch.allclose(alpha, -3e-4 * alpha_grad / (alpha_grad.abs() + 1e-8), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -270,3 +296,5 @@ def test_criterion_and_heads_must_match(heads, criterion, message):
         _criterion(criterion, dictionary)(model, _sample(dictionary))
     with pytest.raises(HashEEError, match=r"--head-search-holdout: expected a share in \(0, 1\), got 1.0"):
         _criterion("leco_head_search", dictionary, head_search_holdout=1.0)
+    with pytest.raises(HashEEError, match=r"--head-search-alpha-lr: must be > 0, got 0"):
+        _criterion("leco_head_search", dictionary, head_search_alpha_lr=0)

@@ -6,8 +6,10 @@ number of updates with the same options; what differs is listed here and
 nowhere else. Methods whose exits are learned on a frozen backbone (DAT,
 ConsistentEE) or need an architecture search first (LECO) add a stage of
 ``--frozen-updates``, as does ConsistentEE's third stage (the whole model at
-the policies' exits). Stages with the same name are the same run: CALM, DAT and
-ConsistentEE share the multi-exit backbone, as docs/exit-methods.md trains it.
+the policies' exits). Stages with the same name are the same run: CALM and
+ConsistentEE share the multi-exit backbone (CALM's layer weights ``w_i = i``), as
+docs/exit-methods.md trains it; DAT has its own, with the uniform weights of its
+aligned training.
 """
 
 from dataclasses import dataclass, replace
@@ -99,18 +101,26 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
     )
 
-    def learned_on_frozen(key: str, label: str, rule: str, criterion: str, *later: Stage, **knob) -> Method:
-        """A rule whose parameters train on the frozen multi-exit backbone (then the ``later`` stages),
-        swept over its threshold unless ``knob`` names another (a trained knob: the rule's stage takes it)."""
-        stage = Stage(
-            key,
-            "multi-exit",
-            no_encoder_exits + ("--decoder-exit-rule", rule, "--criterion", criterion),
-            frozen=True,
-            takes_knob=bool(knob),
-        )
+    # DAT's aligned training weighs every exit alike (Elbayad et al. 2020); no rule while it trains.
+    dat_backbone = Stage("dat-backbone", "start", no_encoder_exits + MULTI_EXIT + ("--exit-loss-weights", "uniform"))
+
+    def learned_on_frozen(
+        key: str,
+        label: str,
+        rule: str,
+        criterion: str,
+        *later: Stage,
+        backbone: Stage = multi_exit,
+        options=(),
+        **knob,
+    ) -> Method:
+        """A rule whose parameters train (with the criterion's ``options``) on a frozen multi-exit
+        ``backbone`` (then the ``later`` stages), swept over its threshold unless ``knob`` names
+        another (a trained knob: the rule's stage takes it)."""
+        rule_options = ("--decoder-exit-rule", rule, "--criterion", criterion) + tuple(options)
+        stage = Stage(key, backbone.name, no_encoder_exits + rule_options, frozen=True, takes_knob=bool(knob))
         knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"), knob_range=(0.0, 1.0, False))
-        return Method(key, label, (multi_exit, stage) + later, **knob)
+        return Method(key, label, (backbone, stage) + later, **knob)
 
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
@@ -148,7 +158,14 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             ("0.9", "0.8", "0.6"),
             knob_range=(0.0, 1.0, False),
         ),
-        learned_on_frozen("dat", "DAT (halting)", "dat-halting", "dat_exit_classifier"),
+        learned_on_frozen(
+            "dat",
+            "DAT (halting)",
+            "dat-halting",
+            "dat_exit_classifier",
+            backbone=dat_backbone,
+            options=("--dat-oracle-smoothing", "1"),  # the paper's smoothed likelihood oracle
+        ),
         # The policies' exits are set by the reward's depth cost, not by the threshold: with the
         # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md). Their
         # third stage (the released train_both) trains the whole model at the policies' exits, the

@@ -5,17 +5,27 @@ by the decoder's layers: the probability that layer ``i``'s top prediction is
 already the top layer's. CALM trains it after the backbone (and its multi-exit
 heads), on the states the model computes at inference: labels are
 ``argmax p_i == argmax p_L`` at every non-pad target position and layer below
-the top, the loss is class-balanced cross-entropy (each class weighted by the
-inverse of its share in the batch), and nothing but the classifier is updated
-(the backbone runs without gradients, in eval mode, every layer).
+the top, and nothing but the classifier is updated (the backbone runs without
+gradients, in eval mode, every layer).
+
+The loss balances the classes within each layer, as CALM's code does (t5x
+``t5x/contrib/calm/models.py``, ``loss_fn_meta_cls``): at layer ``i`` with
+``P_i`` positive and ``N_i`` negative labels, a positive weighs
+``N_i / (P_i + N_i)`` and a negative ``P_i / (P_i + N_i)``, and the layers'
+weighted cross-entropies are averaged. A layer whose labels are all of one
+class weighs nothing: it has nothing to separate. Pooling the counts over the
+layers instead would let the deep layers, mostly consistent with the top,
+decide the weights of the shallow ones, mostly not.
 """
 
 from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
+from torch import Tensor
 
 from ..errors import HashEEError
 from ..exits.rules import every_layer_in_eval
@@ -28,6 +38,20 @@ NAME = "calm_exit_classifier"
 @dataclass
 class CalmExitClassifierConfig(FairseqDataclass):
     pass
+
+
+def balanced_layer_loss(logits: List[Tensor], labels: List[Tensor]) -> Tensor:
+    """The sum over layers of each layer's class-balanced cross-entropy sum, from the classifier's
+    ``logits`` (N, 2) and the consistency ``labels`` (N,) of every layer below the top; divided by
+    the N (L-1) position-layer pairs it is the mean over layers of the per-position loss."""
+    total = 0.0
+    for scores, targets in zip(logits, labels):
+        positives = targets.sum().float()
+        share = positives / max(targets.numel(), 1)
+        weight = torch.stack([share, 1.0 - share])  # class 0 (inconsistent), class 1 (consistent)
+        per_position = F.cross_entropy(scores.float(), targets, reduction="none")
+        total = total + (weight[targets] * per_position).sum()
+    return total
 
 
 @register_criterion(NAME, dataclass=CalmExitClassifierConfig)
@@ -56,11 +80,10 @@ class CalmExitClassifierCriterion(FrozenBackboneCriterion):
             for layer in range(1, decoder.num_layers):
                 states.append(net_output[1]["inner_states"][layer].transpose(0, 1)[live])
                 labels.append(layer_logits(model, net_output, layer).argmax(dim=-1)[live] == top[live])
-        states, labels = torch.cat(states), torch.cat(labels).long()
-        counts = torch.bincount(labels, minlength=2).clamp(min=1).to(states.dtype)
-        balance = labels.numel() / (2.0 * counts)
-        logits = classifier(states)
-        loss = F.cross_entropy(logits.float(), labels, weight=balance.float(), reduction="sum")
+        labels = [layer_labels.long() for layer_labels in labels]
+        logits = [classifier(layer_states) for layer_states in states]
+        loss = balanced_layer_loss(logits, labels)
+        logits, labels = torch.cat(logits), torch.cat(labels)
         sample_size = labels.numel()
         logging_output = {
             "loss": loss.data,

@@ -2,11 +2,13 @@
 
 From a multi-exit model, each target position's oracle exit is the layer
 whose head scores the reference token best, penalised toward shallow layers
-(``--dat-oracle-penalty``). ``dat-multinomial`` learns it as a class from the
-state after layer 1 (cross-entropy); ``dat-halting`` as a sequence of
-halt/continue decisions: at every layer ``i`` below the top with ``i <= e*``,
-halt exactly at ``i = e*`` (binary cross-entropy), the likelihood of the
-oracle under the geometric-like halting distribution. States are the ones
+(``--dat-oracle-penalty``), the scores optionally smoothed along the
+sentence's target positions first (``--dat-oracle-smoothing``, exits/dat.py).
+``dat-multinomial`` learns it as a class from the state after layer 1
+(cross-entropy); ``dat-halting`` as a sequence of halt/continue decisions: at
+every layer ``i`` below the top with ``i <= e*``, halt exactly at ``i = e*``
+(binary cross-entropy), the likelihood of the oracle under the geometric-like
+halting distribution. States are the ones
 the model computes at inference (eval mode, every layer run), and nothing but
 the classifiers is updated.
 """
@@ -19,7 +21,7 @@ from fairseq.criterions import register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..errors import HashEEError
-from ..exits.dat import HaltingRule, MultinomialRule, oracle_exits
+from ..exits.dat import HaltingRule, MultinomialRule, oracle_exits, smooth_along_positions
 from ..exits.rules import every_layer_in_eval
 from .frozen_backbone import FrozenBackboneCriterion
 from .multi_exit import check_exit_heads, layer_logits
@@ -33,6 +35,14 @@ class DatExitClassifierConfig(FairseqDataclass):
         default=0.1,
         metadata={"help": "oracle exit = argmax_i log p_i(reference) - penalty * i: larger exits earlier"},
     )
+    dat_oracle_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "sigma of DAT's smoothed oracle: layer i's score at target position t is "
+            "sum_t' exp(-|t - t'| / sigma) log p_i(reference at t') over the sentence; 0: no smoothing "
+            "(the paper's smoothed oracle: 1)"
+        },
+    )
 
 
 @register_criterion(NAME, dataclass=DatExitClassifierConfig)
@@ -43,11 +53,14 @@ class DatExitClassifierCriterion(FrozenBackboneCriterion):
         "correct": ("n_correct", 100.0, 2),
     }
 
-    def __init__(self, task, dat_oracle_penalty=0.1):
+    def __init__(self, task, dat_oracle_penalty=0.1, dat_oracle_smoothing=0.0):
         super().__init__(task)
         if dat_oracle_penalty < 0:
             raise HashEEError(f"--dat-oracle-penalty: must be >= 0, got {dat_oracle_penalty}")
+        if dat_oracle_smoothing < 0:
+            raise HashEEError(f"--dat-oracle-smoothing: must be >= 0, got {dat_oracle_smoothing}")
         self.penalty = dat_oracle_penalty
+        self.smoothing = dat_oracle_smoothing
 
     def forward(self, model, sample, reduce=True):
         check_exit_heads(model, NAME)
@@ -67,11 +80,11 @@ class DatExitClassifierCriterion(FrozenBackboneCriterion):
                 [
                     F.log_softmax(layer_logits(model, net_output, layer).float(), dim=-1)
                     .gather(-1, target.unsqueeze(-1))
-                    .squeeze(-1)[live]
+                    .squeeze(-1)
                     for layer in range(1, num_layers + 1)
                 ]
             )
-            oracle = oracle_exits(scores, self.penalty)
+            oracle = oracle_exits(smooth_along_positions(scores, live, self.smoothing)[:, live], self.penalty)
             states = [None] + [net_output[1]["inner_states"][i].transpose(0, 1)[live] for i in range(1, num_layers)]
         if isinstance(rule, MultinomialRule):
             logits = rule.exit_layer_classifier(states[1])

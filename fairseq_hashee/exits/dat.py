@@ -6,6 +6,13 @@ the layer that scores it best, penalised toward shallow layers:
 
     e*(t) = argmax_i  log p_i(y_t) - penalty * i
 
+or, smoothed along the target positions of the sentence
+(``--dat-oracle-smoothing sigma``, the paper's smoothed likelihood oracle),
+
+    e*(t) = argmax_i  sum_t' exp(-|t - t'| / sigma) log p_i(y_t') - penalty * i
+
+so that a token's exit also reflects how its neighbours fare at each layer.
+
 Two halting mechanisms learn to predict it from the states the decoder
 computes (``--criterion dat_exit_classifier``):
 
@@ -19,9 +26,8 @@ computes (``--criterion dat_exit_classifier``):
   hash's is; no threshold.
 
 Deviations from the paper: the classifiers are trained in a second stage with
-the backbone frozen (the paper also trains them jointly), and the oracle is
-the likelihood-based one without the paper's smoothing over neighbouring
-tokens.
+the backbone frozen (the paper also trains them jointly), and only the
+likelihood-based oracle is offered (not the correctness-based one).
 """
 
 import torch
@@ -31,6 +37,17 @@ from torch import Tensor, nn
 from .rules import ExitRule
 
 DAT_RULES = ("dat-halting", "dat-multinomial")
+
+
+def smooth_along_positions(target_logprobs: Tensor, live: Tensor, sigma: float) -> Tensor:
+    """Each layer's log-probability of the reference (L, B, T) summed over the live positions
+    ``t'`` of the same sentence (``live``, B x T) with weights ``exp(-|t - t'| / sigma)``;
+    unchanged for ``sigma`` 0 (no smoothing)."""
+    if sigma == 0:
+        return target_logprobs
+    times = torch.arange(target_logprobs.size(-1), device=target_logprobs.device, dtype=target_logprobs.dtype)
+    kernel = torch.exp(-(times[:, None] - times[None, :]).abs() / sigma)  # (t, t')
+    return torch.einsum("lbs,ts->lbt", target_logprobs.masked_fill(~live, 0.0), kernel)
 
 
 def oracle_exits(target_logprobs: Tensor, penalty: float) -> Tensor:

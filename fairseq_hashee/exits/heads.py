@@ -118,10 +118,9 @@ class ExitHeads(nn.Module):
             )
             self.register_buffer("choice", torch.full((num_layers - 1,), UNCHOSEN, dtype=torch.long))
         if kind == "search":
-            self.alpha = nn.Parameter(torch.zeros(num_layers - 1, len(HEAD_ARCHS)))
-            # alpha enters the softmax times this (set by the search criterion): under Adam, alpha's
-            # learning rate relative to the network's. argmax alpha is the same at any scale.
-            self.register_buffer("alpha_scale", torch.tensor(1.0))
+            # Updated by the search criterion's own optimizer, never by fairseq's: its gradient is neither
+            # clipped with the network's (--clip-norm) nor given the network's learning rate or decay.
+            self.alpha = nn.Parameter(torch.zeros(num_layers - 1, len(HEAD_ARCHS)), requires_grad=False)
 
     def init_candidates(self, output_projection: nn.Linear) -> None:
         """The candidates' starting weights (``linear``: the output projection; ``mlp``: the identity
@@ -152,9 +151,11 @@ class ExitHeads(nn.Module):
             self._chosen = [HEAD_ARCHS[c] for c in choice]
         return self._chosen
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._chosen = None
-        super()._load_from_state_dict(*args, **kwargs)
+        # A scale of alpha that searches saved before alpha had an optimizer of its own.
+        state_dict.pop(f"{prefix}alpha_scale", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def select(self, choice: Sequence[int]) -> None:
         """Keep, at each layer below the top, the candidate ``choice`` names (indices into HEAD_ARCHS)."""
@@ -207,15 +208,19 @@ class ExitHeads(nn.Module):
         """Every candidate's logits at ``layer`` (search), in HEAD_ARCHS order."""
         return [self._arch_logits(decoder, layer, arch, features) for arch in HEAD_ARCHS]
 
-    def mixture_weights(self, layer: int) -> Tensor:
-        return F.softmax(self.alpha[layer - 1].float() * self.alpha_scale, dim=-1)
+    def mixture_weights(self, layer: int, alpha: Optional[Tensor] = None) -> Tensor:
+        """softmax(alpha) of layer ``layer``, from ``alpha`` (L-1 x 4) when given (the search's copy
+        that takes gradients), else the model's."""
+        return F.softmax((self.alpha if alpha is None else alpha)[layer - 1].float(), dim=-1)
 
-    def search_logits(self, decoder, layer: int, features: Tensor) -> Tuple[Tensor, Tensor]:
+    def search_logits(
+        self, decoder, layer: int, features: Tensor, alpha: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
         """The search's two views of layer ``layer``'s mixed logits (first-order DARTS): with alpha
         held fixed (what the network's weights learn from) and with the candidates held fixed (what
-        alpha learns from)."""
+        alpha, or the ``alpha`` given, learns from)."""
         candidates = self.candidate_logits(decoder, layer, features)
-        weights = self.mixture_weights(layer).to(features.dtype)
+        weights = self.mixture_weights(layer, alpha).to(features.dtype)
         fixed_alpha = sum(w * logits for w, logits in zip(weights.detach(), candidates))
         fixed_net = sum(w * logits.detach() for w, logits in zip(weights, candidates))
         return fixed_alpha, fixed_net
@@ -233,9 +238,22 @@ class ExitHeads(nn.Module):
         """Layer ``layer``'s next-token logits for states ``h`` (..., C)."""
         return self.head_logits(decoder, layer, self.features(decoder, h))
 
-    def output(self, decoder, features: Tensor, exits: Tensor) -> Tensor:
+    def output(self, decoder, features: Tensor, exits: Tensor, known=None) -> Tensor:
         """The model's logits (B, T, V) for decoder ``features`` (B, T, C) (normalised
         already): each position's from the head of its exit layer ``exits`` (B, T).
+
+        ``known``: logits (B, T, V) holding, where the mask (B, T) says, the exit
+        layer's logits a rule computed already to decide (``PositionMemory.exit_logits``);
+        the other positions' are computed into them (one host read: how many)."""
+        if known is None:
+            return self._output_rows(decoder, features, exits)
+        logits, known_mask = known
+        computed = ~known_mask
+        logits[computed] = self._output_rows(decoder, features[computed], exits[computed]).to(logits.dtype)
+        return logits
+
+    def _output_rows(self, decoder, features: Tensor, exits: Tensor) -> Tensor:
+        """Logits (..., V) of ``features`` (..., C) from the heads of their ``exits`` (...).
 
         With heads other than the shared projection this groups positions by exit
         layer: one host read (how many positions exited at each layer)."""
@@ -263,13 +281,19 @@ class ExitHeads(nn.Module):
             return sum(head_arch_flops(arch, dim, vocab) for arch in HEAD_ARCHS)
         return head_arch_flops(self.chosen_archs()[layer - 1], dim, vocab)
 
-    def output_extra_flops(self, exits: Tensor, vocab: int) -> float:
+    def output_extra_flops(self, exits: Tensor, vocab: int, known: Optional[Tensor] = None) -> float:
         """What the heads of positions exited at ``exits`` (B, T) cost beyond the output
-        projection every position is counted with (one host read; searched heads only)."""
-        if self.candidates is None:
-            return 0.0
-        counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
-        base = 2.0 * self.embed_dim * vocab
-        return sum(
-            counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
-        )
+        projection every position is counted with: more for searched heads, nothing at all
+        where a rule's logits are the output (``known``, B x T: their head is counted as the
+        rule's decision). One host read per term."""
+        extra = 0.0
+        if self.candidates is not None:
+            counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
+            base = 2.0 * self.embed_dim * vocab
+            extra += sum(
+                counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
+            )
+        if known is not None:
+            reused = torch.bincount(exits[known].clamp(min=0), minlength=self.num_layers + 1).tolist()
+            extra -= sum(reused[layer] * self.flops_per_position(layer, vocab) for layer in range(1, self.num_layers))
+        return extra

@@ -244,7 +244,6 @@ class HashEEBARTModel(BARTModel):
             source = "the search's (argmax alpha)"
             # The search's other candidates and its architecture weights are dropped with it.
             del state_dict[alpha_key]
-            state_dict.pop(f"{prefix}decoder.exit_heads.alpha_scale", None)
             for layer, index in enumerate(choice.tolist()):
                 for arch in HEAD_ARCHS:
                     if arch != HEAD_ARCHS[index]:

@@ -13,7 +13,7 @@ sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
 """
 
 import dataclasses
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
@@ -37,6 +37,9 @@ class StackRun(NamedTuple):
     x: Tensor  # (T, B, C) states after the last layer
     exits: Tensor  # (B, T) exit layers the positions ran to (a rule's decisions included)
     decision_flops: float  # FLOPs an exit rule spent deciding
+    # Output logits (B, T, V) holding those a rule decided with, and the mask (B, T) of the positions
+    # whose final logits they are (PositionMemory.exit_logits).
+    exit_logits: Optional[Tuple[Tensor, Tensor]] = None
 
 
 class PlannedStackMixin:
@@ -89,7 +92,12 @@ class PlannedStackMixin:
         )
 
     def run_layers(
-        self, states: List[Tensor], planner: StackPlanner, inputs: LayerInputs, keep_states: bool
+        self,
+        states: List[Tensor],
+        planner: StackPlanner,
+        inputs: LayerInputs,
+        keep_states: bool,
+        first_position: int = 0,
     ) -> StackRun:
         """Run every layer, as ``planner`` (from ``plan``) plans them, on ``states[-1]`` (T, B, C).
 
@@ -99,14 +107,16 @@ class PlannedStackMixin:
         is appended to ``states``; without, the list is emptied, so that (the
         caller holding no other reference) no state outlives the layer that reads
         it: one state less at the memory peak. A rule decides after each layer
-        below the top which of its active positions exit there.
+        below the top which of its active positions exit there;
+        ``first_position`` is the absolute position of time 0 (the rule's memory
+        gives it to rules that depend on it).
         """
         x = states[-1]
         if not keep_states:
             states.clear()
         rule = self._active_rule()
         # What the rule carries for each position from one layer to the next, in this forward only.
-        memory = PositionMemory(planner.exits.shape, x.device) if rule is not None else None
+        memory = PositionMemory(planner.exits.shape, x.device, first_position) if rule is not None else None
         order = planner.order
         if order is not None:
             x = order.sort(x)
@@ -122,7 +132,7 @@ class PlannedStackMixin:
                 states.append(x if order is None else order.unsort(x))
         if order is not None:
             x = order.unsort(x)
-        return StackRun(x, planner.exits, decision_flops)
+        return StackRun(x, planner.exits, decision_flops, memory.exit_logits() if memory is not None else None)
 
     @staticmethod
     def _follow_order(x: Tensor, old, new, inputs: LayerInputs):
@@ -140,7 +150,8 @@ class PlannedStackMixin:
     def _decide_exits(
         self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
     ) -> float:
-        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost."""
+        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost.
+        A position that exits here outputs the logits the rule decided with (if it computed any)."""
         where = planner.active_positions(layer)
         if where.row.numel() == 0:
             return 0.0
@@ -155,6 +166,7 @@ class PlannedStackMixin:
             memory=memory.at(where.row, where.time),
         )
         planner.set_exits(exits.index_put((where.row, where.time), decided))
+        memory.settle_logits(decided == layer)
         return where.row.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
@@ -269,7 +281,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             alignment_heads=alignment_heads,
         )
         if not features_only:
-            x = self.exit_heads.output(self, x, extra["exits"])
+            x = self.exit_heads.output(self, x, extra["exits"], extra["exit_logits"])
         return x, extra
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
@@ -331,7 +343,8 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         # Teacher-forced, each layer's output is returned (multi-exit criteria read them);
         # a generation step needs none of them.
         inner_states: List[Optional[Tensor]] = [x]
-        run = self.run_layers(inner_states, planner, inputs, keep_states=not step)
+        past_len = prev_output_tokens.size(1) - tokens.size(1)
+        run = self.run_layers(inner_states, planner, inputs, keep_states=not step, first_position=past_len)
         x, exits = run.x, run.exits
 
         if self.layer_norm is not None:
@@ -340,11 +353,13 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
         if self.speedup_meter is not None:
-            past_len = prev_output_tokens.size(1) - tokens.size(1)
-            # Exit heads beyond the output projection are spent where positions exit (searched heads).
-            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab)
+            # Exit heads beyond the output projection are spent where positions exit (searched heads),
+            # and none where the logits a rule decided with are the output (counted as its decision).
+            known = run.exit_logits[1] if run.exit_logits is not None else None
+            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab, known)
             self._measure(exits, past_len, inputs, run.decision_flops + heads)
-        return x, {"attn": [None], "inner_states": inner_states, "exits": exits}
+        extra = {"attn": [None], "inner_states": inner_states, "exits": exits, "exit_logits": run.exit_logits}
+        return x, extra
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):
         """Embeddings (T, B, C) of the positions this call computes, and their tokens.

@@ -104,6 +104,21 @@ class HashEESummarizationConfig(TranslationConfig):
             "many heads below the layer's agree with its prediction; settable without retraining (default 1)"
         },
     )
+    exit_threshold_decay: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "CALM's decaying threshold for --decoder-exit-rule confidence: its temperature tau (CALM: 4) in "
+            "lambda(t) = clip(0.9 lambda + 0.1 exp(-tau t / N)), t the decoding position; default: a constant "
+            "threshold"
+        },
+    )
+    exit_threshold_decay_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "N of --exit-threshold-decay, the maximum target length (default: the generation's --max-len-b "
+            "under --max-len-a 0; in validation, the decoder's maximum target positions)"
+        },
+    )
 
 
 @register_task("hashee_summarization", dataclass=HashEESummarizationConfig)
@@ -172,17 +187,21 @@ class HashEESummarizationTask(TranslationTask):
         return getattr(criterion, "_name", None)
 
     def configure_exit_rule(self, model) -> None:
-        """The generation-time settings of the decoder's exit rule (threshold, lowest layer)."""
+        """The generation-time settings of the decoder's exit rule (threshold, lowest layer, decay)."""
         rule, cfg = model.decoder.exit_rule, self.cfg
+        if cfg.exit_threshold_decay_length is not None and cfg.exit_threshold_decay is None:
+            raise HashEEError("--exit-threshold-decay-length: it is N of --exit-threshold-decay, which is not set")
         if rule is None:
-            if cfg.exit_threshold is not None:
-                raise HashEEError(
-                    "--exit-threshold: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
-                )
-            if cfg.exit_patience is not None:
-                raise HashEEError(
-                    "--exit-patience: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
-                )
+            rule_options = {
+                "--exit-threshold": cfg.exit_threshold,
+                "--exit-patience": cfg.exit_patience,
+                "--exit-threshold-decay": cfg.exit_threshold_decay,
+            }
+            for option, value in rule_options.items():
+                if value is not None:
+                    raise HashEEError(
+                        f"{option}: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
+                    )
             return
         if cfg.exit_patience is not None:
             if not hasattr(rule, "set_patience"):
@@ -195,6 +214,30 @@ class HashEESummarizationTask(TranslationTask):
         if cfg.exit_threshold is not None:
             rule.set_threshold(cfg.exit_threshold)
         rule.min_layer = cfg.exit_min_layer
+        if cfg.exit_threshold_decay is not None:
+            if not hasattr(rule, "set_threshold_decay"):
+                raise HashEEError(
+                    f"--exit-threshold-decay: the {rule.name} rule has no decaying threshold (CALM's confidence rule, "
+                    "--decoder-exit-rule confidence, has)"
+                )
+            length = cfg.exit_threshold_decay_length
+            rule.set_threshold_decay(
+                cfg.exit_threshold_decay, model.decoder.max_positions() if length is None else length
+            )
+
+    def build_generator(self, models, args, *extra, **kwargs):
+        """fairseq's generator; CALM's decaying threshold takes its N from the generation's
+        maximum length when ``--exit-threshold-decay-length`` does not give it."""
+        cfg = self.cfg
+        if cfg.exit_threshold_decay is not None and cfg.exit_threshold_decay_length is None:
+            if getattr(args, "max_len_a", 0) != 0:
+                raise HashEEError(
+                    "--exit-threshold-decay: the maximum length N varies with the source under --max-len-a "
+                    f"{args.max_len_a}; give it with --exit-threshold-decay-length"
+                )
+            for model in models:
+                model.decoder.exit_rule.set_threshold_decay(cfg.exit_threshold_decay, args.max_len_b)
+        return super().build_generator(models, args, *extra, **kwargs)
 
     def table_options(self, stack: str) -> TableOptions:
         """The task's options for ``stack``'s table (``--encoder-*`` or ``--decoder-*``)."""
