@@ -10,8 +10,9 @@ operators does not depend on the device or the widths.
 
 import pytest
 import torch
+from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_hashee.benchmark.operators import count_operators
+from fairseq_hashee.benchmark.operators import count_operators, operators_per_call
 from fairseq_hashee.exits.rules import rule_scores
 
 from helpers import build_hashee, build_pair, tiny_dictionary
@@ -134,3 +135,21 @@ def test_a_rule_adds_a_bounded_count_per_deciding_layer(options):
     model.decoder.exit_rule = None
     without = _step_operators(model, src)
     assert with_rule - without <= RULE_BOUND * (LAYERS - 1), (with_rule, without)
+
+
+def test_the_benchmark_counts_per_encoder_forward_and_per_decoder_step(pair):
+    """fairseq's generator calls the stacks' ``forward`` past nn.Module's hooks: still counted."""
+    stock, _ = pair
+    src = _tokens(2, 12, seed=0, eos_last=True)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((2,), 12)}}
+    generator = SequenceGenerator([stock], DICTIONARY, beam_size=2, max_len_a=0, max_len_b=4, min_len=4)
+    run = lambda: generator.generate([stock], sample)  # noqa: E731
+    encoder = operators_per_call(stock, lambda: stock.encoder(src, torch.full((2,), 12)), "encoder")
+    assert (
+        operators_per_call(stock, run, "encoder")
+        == encoder
+        == count_operators(lambda: stock.encoder(src, torch.full((2,), 12))).total
+    )
+    per_step = operators_per_call(stock, run, "generate")
+    steps = count_operators(run).total - encoder
+    assert steps / 6 < per_step < steps / 4  # 5 decoder steps (4 tokens and the end), beam search's work spread

@@ -43,40 +43,40 @@ def operators_per_call(model, fn: Callable[[], object], kind: str) -> float:
     """Operators of one encoder forward (``kind`` "encoder"), or of one decoder step of the
     generation ``fn`` runs: everything outside the encoder (fairseq's beam search included,
     the same for every model) over the decoder's calls."""
-    calls = []
-    hook = model.decoder.register_forward_pre_hook(lambda module, args: calls.append(1))
-    try:
-        with torch.no_grad(), OperatorCounter() as counter:
-            encoder = _counting_encoder(model.encoder, counter)
-            with encoder:
-                fn()
-    finally:
-        hook.remove()
+    with torch.no_grad(), OperatorCounter() as counter, _counting(model.encoder, counter) as encoder:
+        with _counting(model.decoder, counter) as decoder:
+            fn()
     if kind == "encoder":
         return float(encoder.operators)
-    return (counter.total - encoder.operators) / max(len(calls), 1)
+    return (counter.total - encoder.operators) / max(decoder.calls, 1)
 
 
-class _counting_encoder:
-    """Counts what ``counter`` sees while ``encoder`` runs, by hooks around its forward."""
+class _counting:
+    """Counts ``module``'s forward calls and the operators ``counter`` sees inside them.
 
-    def __init__(self, encoder, counter: OperatorCounter):
-        self.encoder, self.counter, self.operators = encoder, counter, 0
-        self._start = 0
+    fairseq's generator calls ``decoder.forward`` itself, past nn.Module's hooks, so the
+    instance's ``forward`` is wrapped for the duration instead."""
+
+    def __init__(self, module, counter: OperatorCounter):
+        self.module, self.counter = module, counter
+        self.calls = self.operators = 0
 
     def __enter__(self):
-        def before(module, args):
-            self._start = self.counter.total
+        original = self.module.forward
 
-        def after(module, args, output):
-            self.operators += self.counter.total - self._start
+        def forward(*args, **kwargs):
+            start = self.counter.total
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.calls += 1
+                self.operators += self.counter.total - start
 
-        self._hooks = [self.encoder.register_forward_pre_hook(before), self.encoder.register_forward_hook(after)]
+        self.module.forward = forward
         return self
 
     def __exit__(self, *exc):
-        for hook in self._hooks:
-            hook.remove()
+        del self.module.forward
 
 
 def count_operators(fn: Callable[[], object]) -> OperatorCounter:
