@@ -108,7 +108,8 @@ def test_empty_layers_launch_fewer_than_stock(pair):
 
 # The most operators a rule may add per layer it decides at: its own (a head, a confidence,
 # a comparison), writing its decisions and, where some rows exit, ordering the rows anew.
-RULE_BOUND = 45  # measured: 15-43 (LECO's agreement compares two heads' predictions)
+# Measured: 15-47 (LECO's agreement compares two heads' predictions and keeps the exit's logits).
+RULE_BOUND = 50
 
 
 @pytest.mark.parametrize(
@@ -140,16 +141,13 @@ def test_a_rule_adds_a_bounded_count_per_deciding_layer(options):
 def test_the_benchmark_counts_per_encoder_forward_and_per_decoder_step(pair):
     """fairseq's generator calls the stacks' ``forward`` past nn.Module's hooks: still counted."""
     stock, _ = pair
-    src = _tokens(2, 12, seed=0, eos_last=True)
-    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((2,), 12)}}
+    src, lengths = _tokens(2, 12, seed=0, eos_last=True), torch.full((2,), 12)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths}}
     generator = SequenceGenerator([stock], DICTIONARY, beam_size=2, max_len_a=0, max_len_b=4, min_len=4)
     run = lambda: generator.generate([stock], sample)  # noqa: E731
-    encoder = operators_per_call(stock, lambda: stock.encoder(src, torch.full((2,), 12)), "encoder")
-    assert (
-        operators_per_call(stock, run, "encoder")
-        == encoder
-        == count_operators(lambda: stock.encoder(src, torch.full((2,), 12))).total
-    )
+    encoder = count_operators(lambda: stock.encoder(src, lengths)).total
+    assert operators_per_call(stock, lambda: stock.encoder(src, lengths), "encoder") == encoder
+    assert operators_per_call(stock, run, "encoder") == encoder
     per_step = operators_per_call(stock, run, "generate")
     steps = count_operators(run).total - encoder
     assert steps / 6 < per_step < steps / 4  # 5 decoder steps (4 tokens and the end), beam search's work spread
