@@ -31,8 +31,9 @@ lint: install
 
 # Test files run side by side (pytest-xdist), one process per core up to 4; a file's tests stay
 # in one process, so its module fixtures (a trained model, a comparison run) are built once.
+# Files are handed out longest first (tests/conftest.py), not by their number of tests.
 # Most of the suite's time is fairseq-train/-generate subprocesses, which leave a core idle.
-PYTEST := $(BIN)/python -m pytest tests -n auto --maxprocesses 4 --dist loadfile
+PYTEST := $(BIN)/python -m pytest tests -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: install lint
 	$(PYTEST) --durations=20

@@ -192,3 +192,10 @@ def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
         assert len(calibrated) == (chosen is not None)
         for row in calibrated:
             assert row["label"].endswith(", at delta 0.5") and 0 <= row["calibration"]["test_loss"] <= 1
+            if "same_as" in row:  # a value the comparison ran anyway: one generation, one set of timings
+                original = rows[row["same_as"]]
+                assert (row["seconds"], row["wall_x"], row["rougeL"]) == (
+                    original["seconds"],
+                    original["wall_x"],
+                    original["rougeL"],
+                )

@@ -16,10 +16,16 @@ def _prefix(data: Path, subset: str, pair: Tuple[str, str], lang: str) -> Path:
     return data / f"{subset}.{pair[0]}-{pair[1]}.{lang}"
 
 
+def _open(prefix: Path):
+    """The binarized examples at ``prefix``, opened the way fairseq-preprocess wrote them (without
+    data_utils.load_indexed_dataset, which logs a line per call on the user's console)."""
+    from fairseq.data import indexed_dataset
+
+    return indexed_dataset.make_dataset(str(prefix), indexed_dataset.infer_dataset_impl(str(prefix)))
+
+
 def count_examples(data: Path, subset: str, pair: Tuple[str, str]) -> int:
     """Examples of the binarized ``subset``; one error when a side is missing."""
-    from fairseq.data import data_utils
-
     for lang in pair:
         index = Path(f"{_prefix(data, subset, pair, lang)}.idx")
         if not index.exists():
@@ -27,17 +33,17 @@ def count_examples(data: Path, subset: str, pair: Tuple[str, str]) -> int:
     source = _prefix(data, subset, pair, pair[0])
     if Path(f"{source}.bin").stat().st_size == 0:  # every example holds at least </s>; fairseq cannot map it
         return 0
-    return len(data_utils.load_indexed_dataset(str(source), None))
+    return len(_open(source))
 
 
 def first_examples(data: Path, subset: str, pair: Tuple[str, str], count: int, out: Path) -> None:
     """``out`` as a data folder whose ``subset`` is the first ``count`` examples of ``data``'s."""
-    from fairseq.data import Dictionary, data_utils, indexed_dataset
+    from fairseq.data import Dictionary, indexed_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     for lang in pair:
         shutil.copyfile(data / f"dict.{lang}.txt", out / f"dict.{lang}.txt")
-        source = data_utils.load_indexed_dataset(str(_prefix(data, subset, pair, lang)), None)
+        source = _open(_prefix(data, subset, pair, lang))
         target = _prefix(out, subset, pair, lang)
         vocabulary = len(Dictionary.load(str(data / f"dict.{lang}.txt")))
         builder = indexed_dataset.make_builder(f"{target}.bin", "mmap", vocab_size=vocabulary)
