@@ -9,7 +9,6 @@ from fairseq_hashee.cli.sample_data import docstring_pairs
 
 from helpers import run_cli
 
-
 # `make test` hands whole files to 2-4 processes (pytest-xdist, --dist loadfile) in collection order
 # (--no-loadscope-reorder): longest first, so that no long file starts last and runs alone while the
 # other cores idle. Seconds on the 2-core VM (--durations=0); files not listed take under 30 s and
