@@ -283,7 +283,7 @@ def test_restore_a_stock_bart_checkpoint(data_bin, tmp_path):
     )
     from fairseq.data import Dictionary
 
-    from fairseq_hashee.table_file import read_table
+    from fairseq_hashee.tables.table_file import read_table
 
     symbols = Dictionary.load(str(data_bin / "dict.src.txt")).symbols
     assert torch.equal(enc, torch.from_numpy(read_table(str(tmp_path / "enc.table"), symbols, "encoder", LAYERS).table))

@@ -5,7 +5,8 @@ import json
 import pytest
 from rouge_score import rouge_scorer
 
-from fairseq_hashee.cli.rouge import main, rouge
+from fairseq_hashee.cli.rouge import main
+from fairseq_hashee.rouge import rouge
 
 HYPS = [
     "The cat sat on the mat. It was happy.",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fairseq_hashee.errors import HashEEError
-from fairseq_hashee.table_file import ExitTableFile, read_table
+from fairseq_hashee.tables.table_file import ExitTableFile, read_table
 
 from helpers import run_cli, tiny_dictionary
 

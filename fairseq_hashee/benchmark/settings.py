@@ -23,8 +23,8 @@ from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..exits import build_exit_rule
 from ..exits.rules import rule_scores
-from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
-from ..token_stats import TokenStats
+from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
+from ..tables.token_stats import TokenStats
 
 STOCK, NO_EXITS, ENC_EXITS, ALL_EXITS = (
     "fairseq BART",

@@ -12,13 +12,13 @@ CALM (Schuster et al. 2022, section 3) defines two guarantees:
   controlling its mean controls ``E[ROUGE-L(full)] - E[ROUGE-L(early)]``;
   an early summary that beats the full one earns no credit.
 
-ROUGE-L is the project's own (cli/rouge.py: rouge-score with stemming for
+ROUGE-L is the project's own (fairseq_hashee/rouge.py: rouge-score with stemming for
 English, characters or jieba words for Chinese).
 """
 
 from typing import List, Sequence
 
-from ..cli.rouge import pair_scores
+from ..rouge import pair_scores
 
 LOSSES = ("textual", "risk")
 

@@ -36,7 +36,7 @@ from typing import List
 import torch
 from fairseq.data import Dictionary
 
-from .. import hash_functions
+from ..tables import hash_functions
 from ..benchmark import measure, report
 from ..benchmark.settings import (
     CONFIG_KEYS,

@@ -28,7 +28,7 @@ from ..compare.runs import Data, generate, load_json, read_generate_out, save_js
 from ..compare.start import stack_depths, starting_checkpoint
 from ..errors import HashEEError, install_one_line_errors
 from ..io_utils import atomic_write
-from .rouge import rouge
+from ..rouge import rouge
 
 DEFAULT_TRAIN = (
     "--optimizer adam --adam-betas (0.9,0.98) --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200 "

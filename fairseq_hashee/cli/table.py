@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary
 
-from .. import hash_functions
+from ..tables import hash_functions
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
 from ..modules.exit_table import draw_exits
-from ..table_builder import SplitSides, TableOptions, TableRecipe, recipe_from_split
-from ..token_stats import TokenStats
+from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
+from ..tables.token_stats import TokenStats
 
 
 def expected_speedup(table, sides: SplitSides, stack: str, shape: flops.StackShape, max_sentences: int):

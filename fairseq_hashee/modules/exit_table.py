@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HashEEError
-from ..hash_functions import special_symbol_mask
+from ..tables.hash_functions import special_symbol_mask
 
 
 class ExitTableMixin:
@@ -24,7 +24,7 @@ class ExitTableMixin:
         self.register_buffer("exit_table", torch.full((len(dictionary),), self.num_layers, dtype=torch.long))
         # Who set the table (an option name), None while it is the all-L default.
         self.exit_table_source = None
-        # How the task built the table (table_builder.TableRecipe), kept for a
+        # How the task built the table (tables/recipe.py, TableRecipe), kept for a
         # hash of the model's own weights (cluster): a checkpoint restored
         # without a table gets one from its own embeddings.
         self.exit_table_recipe = None

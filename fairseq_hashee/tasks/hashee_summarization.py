@@ -25,14 +25,14 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from .. import hash_functions
+from ..tables import hash_functions
 from ..criterions.frozen_backbone import freeze_backbone
-from ..dictionary_file import load_dictionary
+from ..tables.dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
-from ..table_builder import SplitSides, TableOptions, recipe_from_split
-from ..table_file import read_table
+from ..tables.recipe import SplitSides, TableOptions, recipe_from_split
+from ..tables.table_file import read_table
 
 logger = logging.getLogger(__name__)
 

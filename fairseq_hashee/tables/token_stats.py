@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from fairseq.data import data_utils
 
-from .errors import HashEEError
+from ..errors import HashEEError
 
 _CHUNK_TOKENS = 1 << 22
 

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import HashEEError
+from ..errors import HashEEError
 from .token_stats import TokenStats
 
 HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster")

@@ -8,7 +8,7 @@ these files, so the task checks them here and says where the problem is.
 
 from fairseq.data import Dictionary
 
-from .errors import HashEEError
+from ..errors import HashEEError
 
 OVERWRITE_FLAG = "#fairseq:overwrite"
 
