@@ -9,7 +9,12 @@ or from a fairseq dict.txt and its counts (every type but mi)::
     hashee-table --dict dict.txt --stack encoder --num-layers 6 --hash-type random -o enc.table
 
 The cluster hash clusters the token embeddings of a checkpoint (``--checkpoint
-model.pt``, e.g. the released weights you will fine-tune).
+model.pt``, e.g. the released weights you will fine-tune). The difficulty table
+(decoder only) is measured by a trained multi-exit checkpoint reading the
+split teacher-forced::
+
+    hashee-table DATA_BIN --stack decoder --num-layers 6 --hash-type difficulty \
+        --difficulty-from multi-exit/checkpoint_best.pt --difficulty-mean-exit 4 -o dec.table
 
 The file is what ``--encoder-hash-table`` / ``--decoder-hash-table`` load.
 """
@@ -23,12 +28,12 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary
 
-from ..tables import hash_functions
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
 from ..modules.exit_table import draw_exits
+from ..tables import difficulty, hash_functions
 from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..tables.token_stats import TokenStats
 
@@ -88,6 +93,13 @@ def main(argv=None):
     parser.add_argument("--exit-step", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--checkpoint", help="model.pt whose token embeddings the cluster hash clusters")
+    parser.add_argument(
+        "--difficulty-from", help="difficulty table: the trained multi-exit checkpoint that reads --split"
+    )
+    parser.add_argument("--difficulty-mean-exit", type=float, help="difficulty table: its mean exit layer on --split")
+    parser.add_argument("--difficulty-statistic", choices=difficulty.STATISTICS, default=difficulty.DEFAULT_STATISTIC)
+    parser.add_argument("--difficulty-margin", type=float, default=difficulty.DEFAULT_MARGIN, help="nats")
+    parser.add_argument("--cpu", action="store_true", help="difficulty table: read the split on CPU")
     parser.add_argument("-s", "--source-lang", default="src")
     parser.add_argument("-t", "--target-lang", default="tgt")
     parser.add_argument("--split", default="train", help="split whose statistics build the table")
@@ -109,15 +121,25 @@ def run(args, parser):
     if os.path.exists(args.output) and not args.force:
         raise HashEEError(f"{args.output}: exists; pass --force to overwrite it")
     options = TableOptions(
-        args.hash_type, args.exit_layers, args.exit_min, args.exit_max, args.exit_step, args.seed, "--"
+        args.hash_type,
+        args.exit_layers,
+        args.exit_min,
+        args.exit_max,
+        args.exit_step,
+        args.seed,
+        "--",
+        args.difficulty_from,
+        args.difficulty_mean_exit,
+        args.difficulty_statistic,
+        args.difficulty_margin,
     )
-    options.buckets(args.num_layers)  # a bad option fails before anything is read
+    options.check(args.stack, args.num_layers)  # a bad option fails before anything is read
     sides = None
     if args.dict:
         if not os.path.exists(args.dict):
             raise HashEEError(f"{args.dict}: no such dictionary file")
-        if args.hash_type == "mi":
-            raise HashEEError("--hash-type mi needs a binarized dataset (both sides), not --dict")
+        if args.hash_type in ("mi", "difficulty"):
+            raise HashEEError(f"--hash-type {args.hash_type} needs a binarized dataset (both sides), not --dict")
         dictionary = Dictionary.load(args.dict)
         stats = TokenStats(np.asarray(dictionary.count, dtype=np.int64))
         recipe = TableRecipe(
@@ -138,7 +160,8 @@ def run(args, parser):
             for lang in (args.source_lang, args.target_lang)
         )
         sides = SplitSides(args.data, args.split, args.source_lang, args.target_lang, src_dict, tgt_dict)
-        recipe = recipe_from_split(sides, args.stack, options, args.num_layers)
+        device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+        recipe = recipe_from_split(sides, args.stack, options, args.num_layers, device=device)
     built = recipe.build(checkpoint_embeddings(args, len(recipe.symbols)), args.checkpoint or "")
     built.write(args.output, overwrite=args.force)
 

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import HashEEError
 from .token_stats import TokenStats
 
-HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster")
+# ``difficulty`` is built from a checkpoint's measurements (tables/difficulty.py), not hashed here.
+HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster", "difficulty")
 
 # Symbols that carry structure rather than content never exit early: fairseq's
 # <s>/<pad>/</s>/<unk>, BART's <mask>, BERT's [CLS]/[SEP]/[MASK], language tags

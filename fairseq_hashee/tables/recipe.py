@@ -15,7 +15,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import hash_functions
+from ..errors import HashEEError
+from . import difficulty, hash_functions
 from .table_file import ExitTableFile
 from .token_stats import TokenStats, load_side, token_stats
 
@@ -59,6 +60,11 @@ class TableOptions:
     exit_step: int = 1
     seed: int = 1
     option_prefix: str = "--"
+    # The difficulty table's (decoder only): its multi-exit checkpoint, target mean exit, statistic.
+    difficulty_from: Optional[str] = None
+    difficulty_mean_exit: Optional[float] = None
+    difficulty_statistic: str = difficulty.DEFAULT_STATISTIC
+    difficulty_margin: float = difficulty.DEFAULT_MARGIN
 
     def buckets(self, num_layers: int) -> List[int]:
         """The exit layers the hash may assign, checked against the stack's layers."""
@@ -72,6 +78,32 @@ class TableOptions:
             step=self.exit_step,
             option=listed_option if listed else f"{self.option_prefix}exit-min/max/step",
         )
+
+    def check(self, stack: str, num_layers: int) -> None:
+        """Every option that can be checked before a split or checkpoint is read."""
+        self.buckets(num_layers)
+        if self.hash_type != "difficulty":
+            return
+        if stack != "decoder":
+            raise HashEEError(
+                f"{self.option_prefix}hash-type difficulty: difficulty tables are decoder tables (they measure how "
+                "early the exit heads predict the next token)"
+            )
+        if self.difficulty_mean_exit is None:
+            raise HashEEError(
+                f"--difficulty-mean-exit: a difficulty table needs its target mean exit layer (1..{num_layers})"
+            )
+        if not 1 <= self.difficulty_mean_exit <= num_layers:
+            raise HashEEError(
+                f"--difficulty-mean-exit: {self.difficulty_mean_exit:g} is outside the decoder's layers 1..{num_layers}"
+            )
+        if self.difficulty_statistic not in difficulty.STATISTICS:
+            raise HashEEError(
+                f"--difficulty-statistic: expected one of {', '.join(difficulty.STATISTICS)}, "
+                f"got {self.difficulty_statistic!r}"
+            )
+        if not self.difficulty_margin >= 0:
+            raise HashEEError(f"--difficulty-margin: must be at least 0 nats, got {self.difficulty_margin}")
 
 
 @dataclass
@@ -95,22 +127,52 @@ class TableRecipe:
         described by ``embeddings_from``."""
         buckets = self.options.buckets(self.num_layers)
         special = hash_functions.special_symbol_mask(self.symbols, self.nspecial)
+        described = {"buckets": ",".join(map(str, buckets)), "seed": str(self.options.seed), "split": self.stats_from}
+        if self.options.hash_type == "difficulty":
+            return self._build_difficulty(special, buckets, described)
         table = hash_functions.build_table(
             self.options.hash_type, self.stats, special, buckets, self.num_layers, self.options.seed, embeddings
         )
-        described = {"buckets": ",".join(map(str, buckets)), "seed": str(self.options.seed), "split": self.stats_from}
         if self.needs_embeddings:
             described["embeddings"] = embeddings_from
         return ExitTableFile(self.stack, self.options.hash_type, described, self.num_layers, list(self.symbols), table)
+
+    def _build_difficulty(self, special: np.ndarray, buckets: List[int], described: dict) -> ExitTableFile:
+        options, measured = self.options, self.stats.difficulty
+        scores = difficulty.type_scores(measured, difficulty.DEFAULT_PRIOR)
+        table, achieved = difficulty.difficulty_table(
+            scores, measured.counts, special, buckets, self.num_layers, options.difficulty_mean_exit
+        )
+        del described["seed"]  # nothing is drawn
+        described.update(
+            checkpoint=str(options.difficulty_from).replace(" ", "%20"),
+            statistic=options.difficulty_statistic,
+            margin=f"{options.difficulty_margin:g}",
+            prior=f"{difficulty.DEFAULT_PRIOR:g}",
+            mean_exit=f"{options.difficulty_mean_exit:g}",
+            achieved=f"{achieved:.3f}",
+        )
+        comments = difficulty.header_comments(
+            options.difficulty_statistic, options.difficulty_margin, difficulty.DEFAULT_PRIOR
+        )
+        return ExitTableFile(
+            self.stack, "difficulty", described, self.num_layers, list(self.symbols), table, tuple(comments)
+        )
 
     def histogram(self, table: np.ndarray) -> str:
         return histogram(table, self.stats.counts)
 
 
-def recipe_from_split(sides: SplitSides, stack: str, options: TableOptions, num_layers: int) -> TableRecipe:
-    """The recipe of ``stack``'s table from the token statistics of a binarized split."""
-    options.buckets(num_layers)  # a bad option fails before the split is read
+def recipe_from_split(
+    sides: SplitSides, stack: str, options: TableOptions, num_layers: int, task=None, device: str = "cpu"
+) -> TableRecipe:
+    """The recipe of ``stack``'s table from the token statistics of a binarized split (for a
+    difficulty table, from its checkpoint reading the split on ``device``: the model built by
+    ``task`` when given, the one training, else by the checkpoint's own task on ``sides``' data)."""
+    options.check(stack, num_layers)  # a bad option fails before the split is read
     (lang, dictionary), (other_lang, other_dictionary) = sides.side(stack)
+    if options.hash_type == "difficulty":
+        return _difficulty_recipe(sides, options, num_layers, task, device)
     # The mi hash labels an occurrence by whether its token is also on the other
     # side of the pair (for a source token: it occurs in the reference summary).
     paired = sides.load(other_lang, other_dictionary) if options.hash_type == "mi" else None
@@ -118,6 +180,29 @@ def recipe_from_split(sides: SplitSides, stack: str, options: TableOptions, num_
         sides.load(lang, dictionary), len(dictionary), paired, name=f"{sides.data_path}/{sides.split} ({lang})"
     )
     return TableRecipe(stack, options, num_layers, dictionary.symbols, dictionary.nspecial, stats, sides.split)
+
+
+def _difficulty_recipe(sides: SplitSides, options: TableOptions, num_layers: int, task, device: str) -> TableRecipe:
+    from . import difficulty_source  # fairseq's checkpoint loading, only where a checkpoint is read
+
+    difficulty_source.check_checkpoint(options.difficulty_from, num_layers, len(sides.tgt_dict))
+    overrides = None
+    if task is None:
+        overrides = {"data": sides.data_path, "source_lang": sides.source_lang, "target_lang": sides.target_lang}
+    model = difficulty_source.load_model(options.difficulty_from, task, overrides, device)
+    measured = difficulty_source.measure(
+        model,
+        sides.load(sides.source_lang, sides.src_dict),
+        sides.load(sides.target_lang, sides.tgt_dict),
+        sides.src_dict,
+        sides.tgt_dict,
+        options.difficulty_statistic,
+        options.difficulty_margin,
+        device,
+    )
+    stats = TokenStats(measured.counts, difficulty=measured)
+    symbols, nspecial = sides.tgt_dict.symbols, sides.tgt_dict.nspecial
+    return TableRecipe("decoder", options, num_layers, symbols, nspecial, stats, sides.split)
 
 
 def histogram(table: np.ndarray, counts: np.ndarray) -> str:

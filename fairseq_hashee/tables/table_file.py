@@ -9,6 +9,7 @@ Layout (UTF-8 text)::
     num_layers: 6
     dictionary_size: 50264
     dictionary_sha256: 3f2a...
+    # how it was built             <- optional comment lines (difficulty tables say how they measure)
                                    <- blank line, then one line per symbol, in id order:
     <s>\t6
     ...
@@ -21,13 +22,13 @@ the dictionary, line by line.
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import HashEEError
-from .hash_functions import format_exit, parse_exit, special_symbol_mask
 from ..io_utils import atomic_write
+from .hash_functions import format_exit, parse_exit, special_symbol_mask
 
 MAGIC = "# fairseq-hashee exit table v1"
 STACKS = ("encoder", "decoder")
@@ -46,6 +47,7 @@ class ExitTableFile:
     num_layers: int
     symbols: Sequence[str]
     table: np.ndarray
+    comments: Tuple[str, ...] = ()  # header lines "# ..." for people
 
     def write(self, path: str, overwrite: bool = False) -> None:
         """Write atomically; an existing file is replaced only with ``overwrite``."""
@@ -56,8 +58,10 @@ class ExitTableFile:
             out.write(
                 f"{MAGIC}\nstack: {self.stack}\nhash_type: {self.hash_type}\noptions: {options}\n"
                 f"num_layers: {self.num_layers}\ndictionary_size: {len(self.symbols)}\n"
-                f"dictionary_sha256: {dictionary_checksum(self.symbols)}\n\n"
+                f"dictionary_sha256: {dictionary_checksum(self.symbols)}\n"
             )
+            out.writelines(f"# {comment}\n" for comment in self.comments)
+            out.write("\n")
             out.writelines(f"{sym}\t{format_exit(entry)}\n" for sym, entry in zip(self.symbols, self.table))
 
 
@@ -78,11 +82,14 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, n
     if not lines or lines[0] != MAGIC:
         raise HashEEError(f"{path}:1: not a fairseq-hashee exit table (expected {MAGIC!r})")
 
-    header = {}
+    header, comments = {}, []
     for number, line in enumerate(lines[1:], start=2):
         if line == "":
             body_start = number
             break
+        if line.startswith("# "):
+            comments.append(line[2:])
+            continue
         key, sep, value = line.partition(": ")
         if not sep or key not in _HEADER_KEYS:
             raise HashEEError(f"{path}:{number}: garbled header line {line[:60]!r}")
@@ -133,4 +140,4 @@ def read_table(path: str, symbols: Sequence[str], stack: str, num_layers: int, n
                 f"{path}:{number}: special symbol {symbol!r} must run all {num_layers} layers, not exit at {value}"
             )
     options = dict(item.partition("=")[::2] for item in header["options"].split())
-    return ExitTableFile(stack, header["hash_type"], options, num_layers, list(symbols), table)
+    return ExitTableFile(stack, header["hash_type"], options, num_layers, list(symbols), table, tuple(comments))

@@ -34,10 +34,13 @@ class TokenStats:
     ``labeled`` counts the occurrences whose id also occurs in the paired
     sentence of the other side (for a source token: it occurs in the reference
     summary), the label of the mutual-information hash; None when not gathered.
+    ``difficulty`` holds a difficulty table's measurements (its ``counts`` are
+    then the decoder's input occurrences, which that table is indexed by).
     """
 
     counts: np.ndarray
     labeled: Optional[np.ndarray] = None
+    difficulty: Optional[object] = None  # tables/difficulty.py's DifficultyStats
 
 
 def token_stats(dataset, vocab_size: int, paired=None, name: str = "dataset") -> TokenStats:

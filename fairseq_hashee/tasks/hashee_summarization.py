@@ -25,12 +25,12 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..tables import hash_functions
 from ..criterions.frozen_backbone import freeze_backbone
-from ..tables.dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
+from ..tables import difficulty, hash_functions
+from ..tables.dictionary_file import load_dictionary
 from ..tables.recipe import SplitSides, TableOptions, recipe_from_split
 from ..tables.table_file import read_table
 
@@ -82,6 +82,27 @@ class HashEESummarizationConfig(TranslationConfig):
     decoder_hash_table: Optional[str] = field(
         default=None,
         metadata={"help": "load the decoder table from this file instead of building it (implies decoder exits)"},
+    )
+    difficulty_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "--decoder-hash-type difficulty: the trained multi-exit checkpoint whose exit heads measure, "
+            "teacher-forced on the statistics split, how early each input token's positions are predicted"
+        },
+    )
+    difficulty_mean_exit: Optional[float] = field(
+        default=None,
+        metadata={"help": "--decoder-hash-type difficulty: the mean decoder exit layer over the split's positions"},
+    )
+    difficulty_statistic: ChoiceEnum(difficulty.STATISTICS) = field(
+        default=difficulty.DEFAULT_STATISTIC,
+        metadata={
+            "help": "a position's difficulty: the first layer whose head's argmax is the reference ('correct') or "
+            "whose reference NLL is within --difficulty-margin of the top layer's ('margin')"
+        },
+    )
+    difficulty_margin: float = field(
+        default=difficulty.DEFAULT_MARGIN, metadata={"help": "nats of --difficulty-statistic margin"}
     )
     hash_stats_subset: Optional[str] = field(
         default=None,
@@ -260,7 +281,18 @@ class HashEESummarizationTask(TranslationTask):
             cfg.decoder_exit_step,
             cfg.hash_seed,
             "--decoder-",
+            cfg.difficulty_from,
+            cfg.difficulty_mean_exit,
+            cfg.difficulty_statistic,
+            cfg.difficulty_margin,
         )
+
+    def _device(self) -> str:
+        """Where a difficulty table's checkpoint reads the split: the training's device."""
+        root = self.cfg._get_root() if hasattr(self.cfg, "_get_root") else None
+        common = root.get("common") if root is not None and hasattr(root, "get") else None
+        on_cpu = bool(getattr(common, "cpu", False))
+        return "cuda" if torch.cuda.is_available() and not on_cpu else "cpu"
 
     def install_exit_tables(self, model) -> None:
         """Put one table per stack in ``model``: loaded from a file, or built from data."""
@@ -275,6 +307,12 @@ class HashEESummarizationTask(TranslationTask):
             cfg.dataset_impl,
         )
         table_files = {"encoder": cfg.encoder_hash_table, "decoder": cfg.decoder_hash_table}
+        builds_difficulty = cfg.decoder_exits and cfg.decoder_hash_type == "difficulty" and not cfg.decoder_hash_table
+        if (cfg.difficulty_from or cfg.difficulty_mean_exit is not None) and not builds_difficulty:
+            raise HashEEError(
+                "--difficulty-from/--difficulty-mean-exit: only a difficulty table reads them "
+                "(--decoder-exits --decoder-hash-type difficulty, without --decoder-hash-table)"
+            )
         for stack in (model.encoder, model.decoder):
             name, path = stack.stack_name, table_files[stack.stack_name]
             if path:
@@ -282,7 +320,9 @@ class HashEESummarizationTask(TranslationTask):
                 logger.info(f"{name} exit table from {path} ({loaded.hash_type} {loaded.options})")
                 stack.set_exit_table(torch.from_numpy(loaded.table), path)
             elif name == "encoder" or cfg.decoder_exits:
-                recipe = recipe_from_split(sides, name, self.table_options(name), stack.num_layers)
+                options = self.table_options(name)
+                device = self._device() if options.hash_type == "difficulty" else "cpu"
+                recipe = recipe_from_split(sides, name, options, stack.num_layers, self, device)
                 embeddings, described = None, ""
                 if recipe.needs_embeddings:
                     # The table follows the model's embeddings: those it starts
