@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..modules import flops
 
 CONFIDENCE_MEASURES = ("softmax", "saturation", "classifier")
 
@@ -246,7 +247,7 @@ class ConfidenceRule(ExitRule):
         if self.measure == "softmax":  # the layer's head, whatever its architecture
             return decoder.exit_heads.flops_per_position(layer, decoder.shape.vocab)
         if self.measure == "classifier":
-            return 2.0 * decoder.shape.embed_dim * 2
+            return flops.linear(decoder.shape.embed_dim, 2)
         return 0.0
 
 

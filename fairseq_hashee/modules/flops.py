@@ -7,7 +7,13 @@ position, updated or frozen, costs its key/value projections (docs/design.md
 section 5). The decoder also counts the cross-attention key/value projections
 of the source (once per sentence when decoding incrementally) and the output
 projection of every position. Speed-up = FLOPs with every exit at L divided by
-FLOPs spent, which is what ``forward_active`` does.
+FLOPs spent.
+
+Every FLOPs figure of the project is computed here: the stacks' (``encoder_flops``,
+``decoder_flops``, per call through ``SpeedupMeter``, which the model and
+``hashee-table`` feed alike), and the pieces exit rules and heads are made of
+(``linear``, ``exit_head``), which their ``decision_flops`` and
+``flops_per_position`` assemble.
 
 The meter's sums are keyed ``{stack}_{quantity}`` (``METER_KEYS``): the task
 logs them through fairseq's metrics under these names and derives the
@@ -44,6 +50,21 @@ class StackShape:
     def full(self) -> "StackShape":
         """The shape of the full model, whose FLOPs are the speed-up's numerator."""
         return replace(self, layers=self.full_layers or self.layers)
+
+
+def linear(in_features: int, out_features: int) -> float:
+    """Matrix-product FLOPs of one row through a ``Linear(in_features, out_features)``."""
+    return 2.0 * in_features * out_features
+
+
+# Per exit-head architecture (exits/heads.py, HEAD_ARCHS): its (dim, dim) products before the
+# vocabulary projection.
+_HEAD_TRANSFORMS = {"shared": 0, "linear": 0, "mlp": 2, "pooler": 1}
+
+
+def exit_head(arch: str, dim: int, vocab: int) -> float:
+    """FLOPs of one position's logits through an exit head of architecture ``arch``."""
+    return _HEAD_TRANSFORMS[arch] * linear(dim, dim) + linear(dim, vocab)
 
 
 def _as_full(exits: Tensor, layers: int) -> Tensor:
@@ -107,14 +128,34 @@ class SpeedupMeter:
         self.add("encoder", encoder_flops(shape, exits), encoder_flops(full, _as_full(exits, full.layers)), exits)
 
     def add_decoder(
-        self, shape: StackShape, exits: Tensor, positions, src_lengths, cross_kv_lengths, decision_flops: float = 0.0
+        self,
+        shape: StackShape,
+        exits: Tensor,
+        first_position: int,
+        source_lengths: Optional[Tensor],
+        extra_flops: float = 0.0,
     ):
-        """``decision_flops``: what an exit rule spent deciding (spent, never in the full model)."""
+        """One decoder call over positions ``exits`` (B, T) from absolute position
+        ``first_position`` on (an incremental step: T = 1).
+
+        ``source_lengths`` (G,) are those of the cross-attention key rows (None: no
+        cross-attention): B // G query rows read each (beamable attention: a sentence's
+        hypotheses), and the call that starts at position 0 projects them (teacher-forced,
+        every call; incrementally, the first step). ``extra_flops``: what exit rules and
+        heads spent beyond the layers (spent, never in the full model).
+        """
+        num_rows, length = exits.shape
+        positions = first_position + torch.arange(length, device=exits.device).expand(num_rows, length)
+        if source_lengths is None:
+            read, projected = exits.new_zeros(num_rows), None
+        else:
+            read = source_lengths.repeat_interleave(num_rows // source_lengths.size(0))
+            projected = source_lengths if first_position == 0 else None
         full = shape.full()
         self.add(
             "decoder",
-            decoder_flops(shape, exits, positions, src_lengths, cross_kv_lengths) + decision_flops,
-            decoder_flops(full, _as_full(exits, full.layers), positions, src_lengths, cross_kv_lengths),
+            decoder_flops(shape, exits, positions, read, projected) + extra_flops,
+            decoder_flops(full, _as_full(exits, full.layers), positions, read, projected),
             exits,
         )
 
