@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from fairseq_hashee.compare import runs
 from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
 from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
 from fairseq_hashee.errors import HashEEError
@@ -42,6 +43,37 @@ def test_hashee_buckets_are_swept_only_on_request():
     assert fast.stages[-1].name == "hashee-encdec-2" and fast.stages[-1].options[-2:] == ("--decoder-exit-max", "2")
 
 
+def test_the_difficulty_table_is_measured_by_the_shared_multi_exit_stage():
+    points = sweep_points(METHODS["hashee-difficulty"])
+    assert [p.value for p in points] == ["3", "2.5", "2"]  # 3/4, 5/8 and half of the decoder's 4 layers
+    assert points[0].label == "HashEE, encoder exits + difficulty decoder table, mean decoder exit 3"
+    for point in points:
+        backbone, hashee = point.stages
+        assert backbone == METHODS["calm"].stages[0]  # the run CALM and ConsistentEE share
+        assert hashee.name == f"hashee-difficulty-{point.value}" and hashee.start == "start"
+        assert hashee.table_from == "multi-exit" and "--decoder-exits" in hashee.options
+        assert hashee.options[-2:] == ("--difficulty-mean-exit", point.value) and point.generate_options == []
+    assert [p.value for p in candidates(METHODS["hashee-difficulty"], points[::-1])] == ["3", "2.5", "2"]
+
+
+def test_a_stage_gets_the_checkpoint_its_table_is_measured_by(tmp_path, monkeypatch):
+    trained = []
+
+    def train(data, save_dir, start, options, updates, threads=None, say=None):
+        trained.append((save_dir.name, str(start), tuple(options)))
+        return save_dir / "checkpoint_best.pt"
+
+    monkeypatch.setattr(runs, "train_stage", train)
+    monkeypatch.setattr(runs, "stage_finished", lambda *args: False)
+    (point,) = sweep_points(METHODS["hashee-difficulty"], ["2.5"])
+    data = runs.Data("bin", "src", "tgt", "hashee_bart_base", [], [], [], ["--cpu"])
+    runs.train_stages(data, tmp_path, point.stages[::-1], tmp_path / "start.pt", lambda s: 3, 1, lambda m: None)
+    (first, *_), (second, start, options) = trained
+    assert first == "multi-exit" and second == "hashee-difficulty-2.5" and start.endswith("start.pt")
+    multi_exit = str(tmp_path / "train" / "multi-exit" / "checkpoint_best.pt")
+    assert options[-2:] == ("--difficulty-from", multi_exit)
+
+
 def test_patience_stays_below_the_decoder_depth():
     assert build_methods(4, 3)["leco"].sweep == ("1", "0")
     assert set(build_methods(4, 1)) == {"full", "hashee-enc"}
@@ -58,6 +90,17 @@ def test_patience_stays_below_the_decoder_depth():
         ("leco", ["3"], "--sweep leco: --exit-patience '3' is not an integer in 0..2"),
         ("leco", ["1.0"], "--sweep leco: --exit-patience '1.0' is not an integer in 0..2"),
         ("hashee-encdec", ["0"], "--sweep hashee-encdec: --decoder-exit-max '0' is not an integer in 1..4"),
+        (
+            "hashee-difficulty",
+            ["0.5"],
+            "--sweep hashee-difficulty: --difficulty-mean-exit '0.5' is not a number in 1..4",
+        ),
+        (
+            "hashee-difficulty",
+            ["4.5"],
+            "--sweep hashee-difficulty: --difficulty-mean-exit '4.5' is not a number in 1..4",
+        ),
+        ("hashee-difficulty", ["3", "x"], "--sweep hashee-difficulty: --difficulty-mean-exit 'x' is not a number in"),
     ],
 )
 def test_bad_sweeps_are_refused(method, values, message):

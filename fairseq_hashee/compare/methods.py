@@ -21,6 +21,8 @@ from ..errors import HashEEError
 # Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it.
 MULTI_EXIT = ("--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", "0.1")
 SMOOTHED = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+# How decoder hash exits are fine-tuned (docs/exit-methods.md, "Training decoder hash exits").
+DECODER_EXITS_RECIPE = SMOOTHED
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Stage:
     options: Tuple[str, ...]
     frozen: bool = False  # an extra stage (exit parameters, a search, ConsistentEE's joint stage): --frozen-updates
     takes_knob: bool = False  # a trained knob's value is among its options: one run per value
+    # An earlier stage whose checkpoint measures this stage's difficulty decoder table (--difficulty-from).
+    table_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,30 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         Method(
             "hashee-encdec",
             "HashEE, encoder+decoder exits",
-            (Stage("hashee-encdec", "start", ("--decoder-exits",) + SMOOTHED, takes_knob=True),),
+            (Stage("hashee-encdec", "start", ("--decoder-exits",) + DECODER_EXITS_RECIPE, takes_knob=True),),
             "--decoder-exit-max",
             knob_label="deepest decoder exit",
             knob_range=(1, decoder_layers, True),
+        ),
+        # The difficulty table, measured by the multi-exit stage CALM and ConsistentEE share, at a target
+        # mean exit per fine-tune (docs/design.md section 2): HashEE's frontier.
+        Method(
+            "hashee-difficulty",
+            "HashEE, encoder exits + difficulty decoder table",
+            (
+                multi_exit,
+                Stage(
+                    "hashee-difficulty",
+                    "start",
+                    ("--decoder-exits", "--decoder-hash-type", "difficulty") + DECODER_EXITS_RECIPE,
+                    takes_knob=True,
+                    table_from=multi_exit.name,
+                ),
+            ),
+            "--difficulty-mean-exit",
+            tuple(f"{decoder_layers * share:g}" for share in (0.75, 0.625, 0.5)),
+            knob_label="mean decoder exit",
+            knob_range=(1, decoder_layers, False),
         ),
         Method(
             "calm",

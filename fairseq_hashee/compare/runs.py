@@ -194,7 +194,8 @@ def train_stages(
     jobs: int,
     say: Callable[[str], None],
 ) -> Dict[str, Path]:
-    """Train every stage once its start is trained, up to ``jobs`` at a time; each stage's best checkpoint.
+    """Train every stage once its start (and the stage its difficulty table is measured by, if any) is
+    trained, up to ``jobs`` at a time; each stage's best checkpoint.
 
     On a CPU, runs side by side split its cores (OMP_NUM_THREADS): a small model's training does
     not use a second core well, so two runs of one thread each finish sooner than one after the other.
@@ -204,16 +205,20 @@ def train_stages(
     waiting, running = list(stages), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while waiting or running:
-            for stage in [s for s in waiting if s.start in checkpoints][: jobs - len(running)]:
+            ready = [s for s in waiting if s.start in checkpoints and (s.table_from or "start") in checkpoints]
+            for stage in ready[: jobs - len(running)]:
                 waiting.remove(stage)
                 save_dir = work / "train" / stage.name
                 number = len(stages) - len(waiting)
-                if stage_finished(data, save_dir, checkpoints[stage.start], stage.options, updates(stage)):
+                options = stage.options
+                if stage.table_from:
+                    options += ("--difficulty-from", str(checkpoints[stage.table_from]))
+                if stage_finished(data, save_dir, checkpoints[stage.start], options, updates(stage)):
                     say(f"== [{number}/{len(stages)}] train {stage.name}: kept {save_dir} (finished before)")
                 else:
                     say(f"== [{number}/{len(stages)}] train {stage.name}: {updates(stage)} updates from {stage.start}")
                 job = pool.submit(
-                    train_stage, data, save_dir, checkpoints[stage.start], stage.options, updates(stage), threads, say
+                    train_stage, data, save_dir, checkpoints[stage.start], options, updates(stage), threads, say
                 )
                 running[job] = (stage, time.perf_counter())
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
