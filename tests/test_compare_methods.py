@@ -7,7 +7,14 @@ import pytest
 
 from fairseq_hashee.compare import runs
 from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
-from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
+from fairseq_hashee.compare.methods import (
+    COMBINED_PARTS,
+    DEFAULT_METHOD_KEYS,
+    Point,
+    build_methods,
+    select_methods,
+    sweep_points,
+)
 from fairseq_hashee.errors import HashEEError
 
 METHODS = build_methods(4, 4)
@@ -72,6 +79,42 @@ def test_a_stage_gets_the_checkpoint_its_table_is_measured_by(tmp_path, monkeypa
     assert first == "multi-exit" and second == "hashee-difficulty-2.5" and start.endswith("start.pt")
     multi_exit = str(tmp_path / "train" / "multi-exit" / "checkpoint_best.pt")
     assert options[-2:] == ("--difficulty-from", multi_exit)
+
+
+def test_combined_rows_run_the_decoder_method_under_encoder_exits():
+    calm, consistentee = METHODS["hashee-enc+calm"], METHODS["hashee-enc+consistentee"]
+    assert calm.label == "HashEE encoder exits + CALM (softmax)" and calm.sweep == METHODS["calm"].sweep
+    assert calm.stages[0] == consistentee.stages[0]  # one multi-exit run, as CALM and ConsistentEE share theirs
+    for key in COMBINED_PARTS[1:]:
+        combined, alone = METHODS[f"hashee-enc+{key}"], METHODS[key]
+        assert (combined.knob, combined.sweep, combined.knob_range) == (alone.knob, alone.sweep, alone.knob_range)
+        for ours, theirs in zip(combined.stages, alone.stages):
+            assert ours.name == f"enc+{theirs.name}" and ours.start in ("start", f"enc+{theirs.start}")
+            # The same stage but for the option that keeps the encoder at full depth.
+            assert theirs.options == ("--encoder-exit-layers", "4") + ours.options
+            assert (ours.frozen, ours.takes_knob) == (theirs.frozen, theirs.takes_knob)
+    (static,) = METHODS["hashee-enc+static-dec"].stages
+    assert static.options[:2] == ("--decoder-layers", "2") and "--encoder-layers" not in static.options
+    assert "--encoder-exit-layers" not in static.options
+    (alpha,) = sweep_points(consistentee, ["5"])
+    assert [s.name for s in alpha.stages] == ["enc+multi-exit", "enc+consistentee-5", "enc+consistentee-joint-5"]
+    assert not any("+" in key for key in DEFAULT_METHOD_KEYS)
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        (
+            "hashee-enc+medusa",
+            "--methods: hashee-enc+medusa: unknown decoder part 'medusa'; expected one of static-dec",
+        ),
+        ("calm-enc+calm", "--methods: calm-enc+calm: unknown encoder part 'calm-enc'"),
+        ("hashee-enc+", "unknown decoder part ''"),
+    ],
+)
+def test_a_combined_method_with_an_unknown_part_is_refused(key, message):
+    with pytest.raises(HashEEError, match=re.escape(message)):
+        select_methods(METHODS, ["full", key])
 
 
 def test_patience_stays_below_the_decoder_depth():

@@ -46,7 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-s", "--source-lang", help="source language suffix (default: the data's only pair)")
     parser.add_argument("-t", "--target-lang", help="target language suffix")
     parser.add_argument(
-        "--methods", default=",".join(method_lib.METHOD_KEYS), help="methods to compare (full depth always runs)"
+        "--methods",
+        default=",".join(method_lib.DEFAULT_METHOD_KEYS),
+        help="methods to compare (full depth always runs); hashee-enc+PART, PART one of "
+        f"{', '.join(method_lib.COMBINED_PARTS)}: that decoder method under HashEE's encoder exits",
     )
     parser.add_argument("--arch", default="hashee_bart_base", help="a hashee_bart_* or hashee_cpt_* architecture")
     parser.add_argument("--model-args", default="", help="model options for every stage, e.g. dimensions")

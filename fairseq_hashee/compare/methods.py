@@ -232,16 +232,74 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             knob_range=(0, decoder_layers - 2, True),
         ),
     ]
+    by_key = {m.key: m for m in methods}
+    static_decoder = Method(
+        "static-dec",
+        "static half-depth decoder",
+        (Stage("static-dec", "start", ("--decoder-layers", str(half_decoder)) + SMOOTHED),),
+    )
+    for part in COMBINED_PARTS:
+        decoder_method = static_decoder if part == "static-dec" else by_key[part]
+        methods.append(with_encoder_exits(decoder_method, no_encoder_exits))
     if decoder_layers < 2:
         methods = [m for m in methods if m.key in ("full", "hashee-enc")]
     return {m.key: m for m in methods}
 
 
+# The decoder methods a combined row ``hashee-enc+PART`` runs under HashEE's encoder exits.
+COMBINED_PARTS = ("static-dec", "calm", "dat", "consistentee", "leco")
+ENCODER_PART = "hashee-enc"
+
+
+def with_encoder_exits(method: Method, no_encoder_exits: Tuple[str, ...]) -> Method:
+    """``method`` (a decoder method) with HashEE's encoder exits: every stage trained and swept as the
+    method's, without the option that keeps the encoder at full depth, its own run (``enc+NAME``)."""
+
+    def renamed(name: Optional[str]) -> Optional[str]:
+        return name if name in (None, "start") else f"enc+{name}"
+
+    def encoder_exits(options: Tuple[str, ...]) -> Tuple[str, ...]:
+        size = len(no_encoder_exits)
+        return options[size:] if options[:size] == no_encoder_exits else options
+
+    stages = tuple(
+        replace(
+            s,
+            name=renamed(s.name),
+            start=renamed(s.start),
+            table_from=renamed(s.table_from),
+            options=encoder_exits(s.options),
+        )
+        for s in method.stages
+    )
+    return replace(
+        method, key=f"{ENCODER_PART}+{method.key}", label=f"HashEE encoder exits + {method.label}", stages=stages
+    )
+
+
 METHOD_KEYS = tuple(build_methods(2, 2))
+# What --methods runs by default: every method, the combined rows only on request.
+DEFAULT_METHOD_KEYS = tuple(key for key in METHOD_KEYS if "+" not in key)
+
+
+def _check_combined(key: str) -> None:
+    """One error naming the unknown part of a combined method ``ENCODER+DECODER``."""
+    encoder, _, decoder = key.partition("+")
+    if encoder != ENCODER_PART:
+        raise HashEEError(
+            f"--methods: {key}: unknown encoder part {encoder!r}; a combined method starts with {ENCODER_PART}+"
+        )
+    if decoder not in COMBINED_PARTS:
+        raise HashEEError(
+            f"--methods: {key}: unknown decoder part {decoder!r}; expected one of {', '.join(COMBINED_PARTS)}"
+        )
 
 
 def select_methods(available: Dict[str, Method], keys: Sequence[str]) -> List[Method]:
     """``keys`` in the table's order, full depth always first (every ratio is against it)."""
+    for key in keys:
+        if "+" in key:
+            _check_combined(key)
     unknown = [k for k in keys if k not in METHOD_KEYS]
     if unknown:
         raise HashEEError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHOD_KEYS)}")
