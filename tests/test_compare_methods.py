@@ -4,6 +4,7 @@ import argparse
 import re
 
 import pytest
+import torch
 
 from fairseq_hashee.compare import runs
 from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
@@ -57,8 +58,9 @@ def test_the_difficulty_table_is_measured_by_the_shared_multi_exit_stage():
     for point in points:
         backbone, hashee = point.stages
         assert backbone == METHODS["calm"].stages[0]  # the run CALM and ConsistentEE share
-        assert hashee.name == f"hashee-difficulty-{point.value}" and hashee.start == "start"
-        assert hashee.table_from == "multi-exit" and "--decoder-exits" in hashee.options
+        assert hashee.name == f"hashee-difficulty-{point.value}" and hashee.start == "multi-exit"
+        assert hashee.table_from == "multi-exit" and hashee.fresh_tables and "--decoder-exits" in hashee.options
+        assert "multi_exit_label_smoothed_cross_entropy" in hashee.options
         assert hashee.options[-2:] == ("--difficulty-mean-exit", point.value) and point.generate_options == []
     assert [p.value for p in candidates(METHODS["hashee-difficulty"], points[::-1])] == ["3", "2.5", "2"]
 
@@ -68,7 +70,10 @@ def test_a_stage_gets_the_checkpoint_its_table_is_measured_by(tmp_path, monkeypa
 
     def train(data, save_dir, start, options, updates, threads=None, say=None):
         trained.append((save_dir.name, str(start), tuple(options)))
-        return save_dir / "checkpoint_best.pt"
+        save_dir.mkdir(parents=True, exist_ok=True)
+        tables = {"encoder.exit_table": torch.full((5,), 4), "decoder.exit_table": torch.full((5,), 4)}
+        torch.save({"model": {"decoder.embed_tokens.weight": torch.zeros(5, 2), **tables}}, save_dir / "best.pt")
+        return save_dir / "best.pt"
 
     monkeypatch.setattr(runs, "train_stage", train)
     monkeypatch.setattr(runs, "stage_finished", lambda *args: False)
@@ -76,9 +81,17 @@ def test_a_stage_gets_the_checkpoint_its_table_is_measured_by(tmp_path, monkeypa
     data = runs.Data("bin", "src", "tgt", "hashee_bart_base", [], [], [], ["--cpu"])
     runs.train_stages(data, tmp_path, point.stages[::-1], tmp_path / "start.pt", lambda s: 3, 1, lambda m: None)
     (first, *_), (second, start, options) = trained
-    assert first == "multi-exit" and second == "hashee-difficulty-2.5" and start.endswith("start.pt")
-    multi_exit = str(tmp_path / "train" / "multi-exit" / "checkpoint_best.pt")
-    assert options[-2:] == ("--difficulty-from", multi_exit)
+    assert first == "multi-exit" and second == "hashee-difficulty-2.5"
+    multi_exit = tmp_path / "train" / "multi-exit" / "best.pt"
+    assert options[-2:] == ("--difficulty-from", str(multi_exit))
+    # It starts from the multi-exit model without its tables (a restored table would win over its own).
+    assert start == str(tmp_path / "train" / "hashee-difficulty-2.5" / "start.pt")
+    assert set(torch.load(start)["model"]) == {"decoder.embed_tokens.weight"}
+    assert set(torch.load(multi_exit)["model"]) == {
+        "decoder.embed_tokens.weight",
+        "encoder.exit_table",
+        "decoder.exit_table",
+    }
 
 
 def test_combined_rows_run_the_decoder_method_under_encoder_exits():

@@ -36,6 +36,8 @@ class Stage:
     takes_knob: bool = False  # a trained knob's value is among its options: one run per value
     # An earlier stage whose checkpoint measures this stage's difficulty decoder table (--difficulty-from).
     table_from: Optional[str] = None
+    # Starts from its start's checkpoint without the exit tables, so that it builds its own.
+    fresh_tables: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,9 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             knob_range=(1, decoder_layers, True),
         ),
         # The difficulty table, measured by the multi-exit stage CALM and ConsistentEE share, at a target
-        # mean exit per fine-tune (docs/design.md section 2): HashEE's frontier.
+        # mean exit per fine-tune (docs/design.md section 2): HashEE's frontier. Fine-tuned from that
+        # stage, under its own tables, with the loss at every layer (docs/exit-methods.md, "Training
+        # decoder hash exits").
         Method(
             "hashee-difficulty",
             "HashEE, encoder exits + difficulty decoder table",
@@ -163,10 +167,11 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
                 multi_exit,
                 Stage(
                     "hashee-difficulty",
-                    "start",
-                    ("--decoder-exits", "--decoder-hash-type", "difficulty") + DECODER_EXITS_RECIPE,
+                    multi_exit.name,
+                    ("--decoder-exits", "--decoder-hash-type", "difficulty") + MULTI_EXIT,
                     takes_knob=True,
                     table_from=multi_exit.name,
+                    fresh_tables=True,
                 ),
             ),
             "--difficulty-mean-exit",

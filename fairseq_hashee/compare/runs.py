@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..checkpoints import load_checkpoint
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
@@ -213,13 +214,17 @@ def train_stages(
                 options = stage.options
                 if stage.table_from:
                     options += ("--difficulty-from", str(checkpoints[stage.table_from]))
-                if stage_finished(data, save_dir, checkpoints[stage.start], options, updates(stage)):
+                begin = checkpoints[stage.start]
+                if stage.fresh_tables and stage.start != "start":  # the shared start has no tables already
+                    begin = save_dir / "start.pt"
+                if stage_finished(data, save_dir, begin, options, updates(stage)):
                     say(f"== [{number}/{len(stages)}] train {stage.name}: kept {save_dir} (finished before)")
                 else:
                     say(f"== [{number}/{len(stages)}] train {stage.name}: {updates(stage)} updates from {stage.start}")
-                job = pool.submit(
-                    train_stage, data, save_dir, checkpoints[stage.start], options, updates(stage), threads, say
-                )
+                    if begin != checkpoints[stage.start]:
+                        save_dir.mkdir(parents=True, exist_ok=True)
+                        save_without_tables(load_checkpoint(str(checkpoints[stage.start])), begin)
+                job = pool.submit(train_stage, data, save_dir, begin, options, updates(stage), threads, say)
                 running[job] = (stage, time.perf_counter())
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for job in finished:
@@ -227,6 +232,17 @@ def train_stages(
                 checkpoints[stage.name] = job.result()
                 say(f"   {stage.name}: {checkpoints[stage.name]} ({time.perf_counter() - began:.0f} s)")
     return checkpoints
+
+
+def save_without_tables(state: dict, target: Path) -> None:
+    """A loaded checkpoint saved to ``target`` without its exit tables, so that a model fine-tuned
+    from it builds its own: a restored table wins over the one the task builds (docs/design.md
+    section 2), as resuming needs."""
+    import torch
+
+    state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("exit_table")}
+    with atomic_write(str(target), binary=True) as out:
+        torch.save(state, out)
 
 
 def read_report(log: Path) -> Dict[str, float]:

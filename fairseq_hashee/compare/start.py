@@ -11,15 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
-import torch
 from fairseq.data import Dictionary
 
 from ..checkpoints import describe_shape, load_checkpoint
 from ..errors import HashEEError
-from ..io_utils import atomic_write
 from ..models.truncation import checkpoint_depth
 from .methods import SMOOTHED
-from .runs import Data, train_stage
+from .runs import Data, save_without_tables, train_stage
 
 # Present in CPT's encoder (BERT's token types), absent from BART's.
 CPT_KEY = "encoder.embed_token_types.weight"
@@ -97,7 +95,5 @@ def starting_checkpoint(
             source = str(train_stage(data, work / "train" / "base", None, no_exits + SMOOTHED, updates, say=say))
             state = load_checkpoint(source)
         _check_dictionaries(source, state, data)
-        state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("exit_table")}
-        with atomic_write(str(start), binary=True) as out:
-            torch.save(state, out)
+        save_without_tables(state, start)
     return start, f"{start} ({describe_shape(state['model'])})"
