@@ -59,8 +59,8 @@ def test_the_difficulty_table_is_measured_by_the_shared_multi_exit_stage():
         backbone, hashee = point.stages
         assert backbone == METHODS["calm"].stages[0]  # the run CALM and ConsistentEE share
         assert hashee.name == f"hashee-difficulty-{point.value}" and hashee.start == "multi-exit"
-        assert hashee.table_from == "multi-exit" and hashee.fresh_tables and "--decoder-exits" in hashee.options
-        assert "multi_exit_label_smoothed_cross_entropy" in hashee.options
+        assert hashee.reads == (("--difficulty-from", "multi-exit"), ("--distill-from", "start"))
+        assert hashee.fresh_tables and "--decoder-exits" in hashee.options and "hashee_distill" in hashee.options
         assert hashee.options[-2:] == ("--difficulty-mean-exit", point.value) and point.generate_options == []
     assert [p.value for p in candidates(METHODS["hashee-difficulty"], points[::-1])] == ["3", "2.5", "2"]
 
@@ -83,7 +83,7 @@ def test_a_stage_gets_the_checkpoint_its_table_is_measured_by(tmp_path, monkeypa
     (first, *_), (second, start, options) = trained
     assert first == "multi-exit" and second == "hashee-difficulty-2.5"
     multi_exit = tmp_path / "train" / "multi-exit" / "best.pt"
-    assert options[-2:] == ("--difficulty-from", str(multi_exit))
+    assert options[-4:] == ("--difficulty-from", str(multi_exit), "--distill-from", str(tmp_path / "start.pt"))
     # It starts from the multi-exit model without its tables (a restored table would win over its own).
     assert start == str(tmp_path / "train" / "hashee-difficulty-2.5" / "start.pt")
     assert set(torch.load(start)["model"]) == {"decoder.embed_tokens.weight"}

@@ -21,6 +21,8 @@ from ..errors import HashEEError
 # Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it.
 MULTI_EXIT = ("--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", "0.1")
 SMOOTHED = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+# Decoder hash exits distilled from the full-depth start (the teacher, --distill-from; docs/exit-methods.md).
+DISTILLED = ("--criterion", "hashee_distill", "--label-smoothing", "0.1")
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,9 @@ class Stage:
     options: Tuple[str, ...]
     frozen: bool = False  # an extra stage (exit parameters, a search, ConsistentEE's joint stage): --frozen-updates
     takes_knob: bool = False  # a trained knob's value is among its options: one run per value
-    # An earlier stage whose checkpoint measures this stage's difficulty decoder table (--difficulty-from).
-    table_from: Optional[str] = None
+    # Options naming earlier stages' checkpoints ("start" or a stage), e.g. the checkpoint that measures
+    # a difficulty decoder table: (("--difficulty-from", "multi-exit"),).
+    reads: Tuple[Tuple[str, str], ...] = ()
     # Starts from its start's checkpoint without the exit tables, so that it builds its own.
     fresh_tables: bool = False
 
@@ -158,8 +161,8 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         ),
         # The difficulty table, measured by the multi-exit stage CALM and ConsistentEE share, at a target
         # mean exit per fine-tune (docs/design.md section 2): HashEE's frontier. Fine-tuned from that
-        # stage, under its own tables, with the loss at every layer (docs/exit-methods.md, "Training
-        # decoder hash exits").
+        # stage, under its own tables, its exits distilled from the full-depth start (docs/exit-methods.md,
+        # "Training decoder hash exits").
         Method(
             "hashee-difficulty",
             "HashEE, encoder exits + difficulty decoder table",
@@ -168,9 +171,9 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
                 Stage(
                     "hashee-difficulty",
                     multi_exit.name,
-                    ("--decoder-exits", "--decoder-hash-type", "difficulty") + MULTI_EXIT,
+                    ("--decoder-exits", "--decoder-hash-type", "difficulty") + DISTILLED,
                     takes_knob=True,
-                    table_from=multi_exit.name,
+                    reads=(("--difficulty-from", multi_exit.name), ("--distill-from", "start")),
                     fresh_tables=True,
                 ),
             ),
@@ -272,7 +275,7 @@ def with_encoder_exits(method: Method, no_encoder_exits: Tuple[str, ...]) -> Met
             s,
             name=renamed(s.name),
             start=renamed(s.start),
-            table_from=renamed(s.table_from),
+            reads=tuple((option, renamed(name)) for option, name in s.reads),
             options=encoder_exits(s.options),
         )
         for s in method.stages

@@ -195,8 +195,8 @@ def train_stages(
     jobs: int,
     say: Callable[[str], None],
 ) -> Dict[str, Path]:
-    """Train every stage once its start (and the stage its difficulty table is measured by, if any) is
-    trained, up to ``jobs`` at a time; each stage's best checkpoint.
+    """Train every stage once its start (and the stages whose checkpoints it reads, if any) is trained,
+    up to ``jobs`` at a time; each stage's best checkpoint.
 
     On a CPU, runs side by side split its cores (OMP_NUM_THREADS): a small model's training does
     not use a second core well, so two runs of one thread each finish sooner than one after the other.
@@ -206,14 +206,14 @@ def train_stages(
     waiting, running = list(stages), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while waiting or running:
-            ready = [s for s in waiting if s.start in checkpoints and (s.table_from or "start") in checkpoints]
+            ready = [s for s in waiting if all(name in checkpoints for name in (s.start, *dict(s.reads).values()))]
             for stage in ready[: jobs - len(running)]:
                 waiting.remove(stage)
                 save_dir = work / "train" / stage.name
                 number = len(stages) - len(waiting)
                 options = stage.options
-                if stage.table_from:
-                    options += ("--difficulty-from", str(checkpoints[stage.table_from]))
+                for option, name in stage.reads:
+                    options += (option, str(checkpoints[name]))
                 begin = checkpoints[stage.start]
                 if stage.fresh_tables and stage.start != "start":  # the shared start has no tables already
                     begin = save_dir / "start.pt"
