@@ -84,7 +84,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="overwrite an existing table file")
     parser.add_argument("--stack", choices=["encoder", "decoder"], required=True)
     parser.add_argument("--num-layers", type=int, required=True, help="layers of the stack")
-    parser.add_argument("--hash-type", choices=hash_functions.HASH_TYPES, default="frequency")
+    parser.add_argument("--hash-type", choices=hash_functions.TABLE_TYPES, default="frequency")
     parser.add_argument("--exit-layers", help="comma-separated exit layers; overrides min/max/step")
     parser.add_argument("--exit-min", type=int, default=1)
     parser.add_argument("--exit-max", type=int)

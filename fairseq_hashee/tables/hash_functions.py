@@ -20,8 +20,10 @@ import numpy as np
 from ..errors import HashEEError
 from .token_stats import TokenStats
 
-# ``difficulty`` is built from a checkpoint's measurements (tables/difficulty.py), not hashed here.
-HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster", "difficulty")
+HASH_TYPES = ("random", "random-incons", "frequency", "mi", "cluster")
+# Every table type: the hashes, and the decoder's difficulty table, built from a checkpoint's
+# measurements (tables/difficulty.py) rather than hashed here.
+TABLE_TYPES = HASH_TYPES + ("difficulty",)
 
 # Symbols that carry structure rather than content never exit early: fairseq's
 # <s>/<pad>/</s>/<unk>, BART's <mask>, BERT's [CLS]/[SEP]/[MASK], language tags

@@ -45,7 +45,7 @@ class HashEESummarizationConfig(TranslationConfig):
         default="frequency",
         metadata={"help": "how source tokens are hashed to exit layers"},
     )
-    decoder_hash_type: ChoiceEnum(hash_functions.HASH_TYPES) = field(
+    decoder_hash_type: ChoiceEnum(hash_functions.TABLE_TYPES) = field(
         default="frequency",
         metadata={"help": "how target tokens are hashed to exit layers (with --decoder-exits)"},
     )
