@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
+from fairseq_hashee.calibration.ltt import calibrate
+from fairseq_hashee.compare.calibrated import Decision, add_rows, candidates, settings
 from fairseq_hashee.compare.methods import Point, build_methods, select_methods, sweep_points
 from fairseq_hashee.errors import HashEEError
 
@@ -40,6 +41,20 @@ def test_hashee_buckets_are_swept_only_on_request():
     (fast,) = sweep_points(METHODS["hashee-encdec"], ["2"])
     assert fast.label == "HashEE, encoder+decoder exits, deepest decoder exit 2"
     assert fast.stages[-1].name == "hashee-encdec-2" and fast.stages[-1].options[-2:] == ("--decoder-exit-max", "2")
+
+
+def test_static_depth_trains_one_run_per_decoder_depth():
+    (half,) = sweep_points(METHODS["static-half"])
+    assert half.label == "static half depth" and half.stages[-1].name == "static-half"
+    assert half.stages[-1].options[:4] == ("--encoder-layers", "2", "--decoder-layers", "2")
+    three, one = sweep_points(METHODS["static-half"], ["3", "1"])
+    assert three.label == "static half depth, decoder layers 3" and three.stages[-1].name == "static-half-3"
+    # the knob's value comes last, so fairseq-train keeps it over the half depth before it
+    assert three.stages[-1].options[-2:] == ("--decoder-layers", "3") and three.generate_options == []
+    with pytest.raises(
+        HashEEError, match=re.escape("--sweep static-half: --decoder-layers '5' is not an integer in 1..4")
+    ):
+        sweep_points(METHODS["static-half"], ["5"])
 
 
 def test_patience_stays_below_the_decoder_depth():
@@ -80,11 +95,36 @@ def test_calibration_candidates_are_ordered_safest_first():
     assert [p.value for p in candidates(METHODS["consistentee"], alphas)] == ["2", "5", "10"]  # least depth cost first
     buckets = [Point(METHODS["hashee-encdec"], "2"), Point(METHODS["hashee-encdec"])]
     assert [p.value for p in candidates(METHODS["hashee-encdec"], buckets)] == [None, "2"]  # every layer first
-    assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
+    # static depth's row without a value keeps half the decoder (2 of 4): between 3 and 1 layers
+    depths = [Point(METHODS["static-half"], "1"), Point(METHODS["static-half"]), Point(METHODS["static-half"], "3")]
+    assert [p.value for p in candidates(METHODS["static-half"], depths)] == ["3", None, "1"]
 
 
-def _calibrate_args(calibrate, *grids):
-    return argparse.Namespace(calibrate=calibrate, calibrate_grid=list(grids), calibrate_loss="risk")
+def test_a_certified_value_marks_its_row_or_adds_one():
+    points = [Point(METHODS["full"]), Point(METHODS["static-half"], "3"), Point(METHODS["calm"], "0.9")]
+    static = Decision(METHODS["static-half"], points[1:2], calibrate(["3"], [[0.0] * 30], 0.5, 0.1))
+    calm_tested = [Point(METHODS["calm"], "1"), Point(METHODS["calm"], "0.5")]
+    calm = Decision(METHODS["calm"], calm_tested, calibrate(["1", "0.5"], [[0.0] * 30] * 2, 0.5, 0.1))
+    assert static.point == points[1] and calm.point == Point(METHODS["calm"], "0.5")
+    add_rows([static, calm], points)
+    # the static row is the comparison's own (no second copy); CALM's certified threshold is a row of its own
+    assert [p.label for p in points] == [
+        "full depth",
+        "static half depth, decoder layers 3",
+        "CALM (softmax), threshold 0.9",
+        "CALM (softmax), threshold 0.5",
+    ]
+
+
+def _calibrate_args(calibrate, *grids, subset=None):
+    return argparse.Namespace(
+        calibrate=calibrate,
+        calibrate_grid=list(grids),
+        calibrate_loss="risk",
+        calibrate_metric="rougeL",
+        calibrate_p_value="wsr",
+        calibration_subset=subset,
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,6 +144,14 @@ def test_calibrate_options_are_checked_before_the_data(tmp_path, calibrate, grid
     with pytest.raises(HashEEError, match="^" + re.escape(message)):
         settings(_calibrate_args(calibrate, *grids), tmp_path, ("src", "tgt"), methods)
     assert settings(_calibrate_args(None), tmp_path, ("src", "tgt"), methods) is None
+
+
+def test_a_missing_calibration_split_is_refused(tmp_path):
+    methods = [METHODS[key] for key in ("full", "calm")]
+    for subset, name in ((None, "valid"), ("calib", "calib")):  # no calib split: valid is the default
+        message = f"--calibration-subset: {tmp_path / f'{name}.src-tgt.src.idx'} missing"
+        with pytest.raises(HashEEError, match="^" + re.escape(message)):
+            settings(_calibrate_args("0.1", subset=subset), tmp_path, ("src", "tgt"), methods)
 
 
 def test_dat_trains_on_its_own_uniformly_weighted_backbone():

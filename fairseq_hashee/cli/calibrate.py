@@ -1,8 +1,10 @@
 """Calibrate an exit rule's knob so that the quality lost against full depth stays within delta.
 
-    hashee-calibrate CHECKPOINT DATA_BIN --delta 0.1 --epsilon 0.1 [--loss textual|risk] [--subset valid]
+    hashee-calibrate CHECKPOINT DATA_BIN --delta 0.1 --epsilon 0.1 [--loss textual|risk|drop] [--metric rougeL]
+                     [--p-value wsr|hb] [--subset calib]
 
-Generates the calibration split (``--subset``) once at full depth and once per
+Generates the calibration split (``--subset``: ``calib`` when the data has it,
+else ``valid``) once at full depth and once per
 candidate value of the checkpoint rule's knob (``--exit-threshold``, or
 ``--exit-patience`` for the agreement rule), with fairseq-generate as the
 comparison runs it, and picks the fastest value that Learn-then-Test certifies
@@ -21,9 +23,9 @@ from pathlib import Path
 from typing import Tuple
 
 from ..calibration.knobs import checkpoint_knob
-from ..calibration.losses import LOSSES, losses
-from ..calibration.ltt import Calibration, calibrate, check_level
-from ..calibration.split import count_examples, first_examples
+from ..calibration.losses import LOSSES, METRICS, RANGES, describe, losses
+from ..calibration.ltt import P_VALUES, Calibration, calibrate, check_level
+from ..calibration.split import calibration_subset, first_examples
 from ..checkpoints import load_checkpoint
 from ..compare.runs import Data, generate, save_json
 from ..errors import HashEEError, install_one_line_errors
@@ -45,9 +47,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--loss",
         choices=LOSSES,
         default="textual",
-        help="textual: 1 - ROUGE-L against full depth's summary; risk: ROUGE-L lost against the reference",
+        help="textual: 1 - ROUGE against full depth's summary; risk: ROUGE lost against the reference, clipped at "
+        "0; drop: the same signed (full depth's minus the candidate's), delta 0.01 = one point on average",
     )
-    parser.add_argument("--subset", default="valid", help="the calibration split (not the split you report on)")
+    parser.add_argument("--metric", choices=METRICS, default="rougeL", help="the ROUGE F1 the loss is computed with")
+    parser.add_argument(
+        "--p-value",
+        choices=P_VALUES,
+        default="wsr",
+        help="wsr: Waudby-Smith-Ramdas betting (adapts to the variance); hb: Hoeffding-Bentkus",
+    )
+    parser.add_argument(
+        "--subset",
+        "--calibration-subset",
+        help="the calibration split, not the one you report on (default: calib when the data has it, else valid)",
+    )
     parser.add_argument("--max-examples", type=int, help="calibrate on the split's first N examples only")
     parser.add_argument("--grid", help="candidate values, comma-separated (default: the knob's whole range)")
     parser.add_argument("-s", "--source-lang", help="source language suffix (default: the checkpoint's)")
@@ -71,7 +85,7 @@ def _pair(args, state: dict):
 
 
 def _report(result: Calibration, option: str, speedups) -> str:
-    lines = [f"{option:>16} {'mean loss':>10} {'p-value':>9} {'dec x':>6}  Learn-then-Test"]
+    lines = [f"{option:>16} {'mean loss':>10} {result.p_value + ' p':>9} {'dec x':>6}  Learn-then-Test"]
     for index, (value, risk, p, speedup) in enumerate(zip(result.values, result.risks, result.p_values, speedups)):
         if index >= result.tested:
             verdict = "not tested (testing stopped above)"
@@ -97,9 +111,7 @@ def run(args) -> Tuple[dict, str]:
     data_dir = Path(args.data)
     if not data_dir.is_dir():
         raise HashEEError(f"{data_dir}: no such data folder")
-    examples = count_examples(data_dir, args.subset, pair)
-    if examples == 0:
-        raise HashEEError(f"--subset: {args.subset} of {data_dir} has no examples to calibrate on")
+    args.subset, examples = calibration_subset(data_dir, pair, args.subset, "--subset")
 
     import torch
 
@@ -128,14 +140,18 @@ def run(args) -> Tuple[dict, str]:
             if run_["ids"] != full["ids"]:
                 raise HashEEError(f"{knob.option} {value}: generated other examples than full depth")
             runs.append(run_)
-    per_value = [losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang) for r in runs]
-    result = calibrate(values, per_value, args.delta, args.epsilon)
+    per_value = [
+        losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang, args.metric) for r in runs
+    ]
+    result = calibrate(values, per_value, args.delta, args.epsilon, args.p_value, RANGES[args.loss])
     options = [knob.option, result.value] if result.value is not None else FULL_DEPTH
     summary = {
         "checkpoint": args.checkpoint,
         "subset": args.subset,
         "examples": examples,
         "loss": args.loss,
+        "metric": args.metric,
+        "p_value": args.p_value,
         "delta": args.delta,
         "epsilon": args.epsilon,
         "option": knob.option,
@@ -159,7 +175,7 @@ def run(args) -> Tuple[dict, str]:
 
 def conclusion(summary: dict) -> str:
     """The choice in words and the fairseq-generate options that use it."""
-    what = f"{summary['loss']} consistency loss at most {summary['delta']:g}"
+    what = f"expected {describe(summary['loss'], summary['metric'])} at most {summary['delta']:g}"
     if summary["chosen"] is None:
         head = (
             f"no value of {summary['option']} is certified ({what} with probability >= {1 - summary['epsilon']:g}, "

@@ -44,6 +44,9 @@ class Method:
     knob_label: Optional[str] = None  # in the row's label; default: the option's last word
     # The knob's values: (lowest, highest or None, integers only), checked before anything trains.
     knob_range: Optional[Tuple[float, Optional[float], bool]] = None
+    # The knob's value in the row without one (calibration orders it among the swept values);
+    # None: every layer available, the safest.
+    default_value: Optional[str] = None
 
     @property
     def trained_knob(self) -> bool:
@@ -126,6 +129,8 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
     methods = [
         Method("full", "full depth", (Stage("full", "start", no_encoder_exits + SMOOTHED),)),
+        # --sweep static-half=3,2,1 keeps those decoder layers (the encoder keeps half): one trained
+        # model per value, as calibration's candidates for a budget (the decoder runs once per token).
         Method(
             "static-half",
             "static half depth",
@@ -136,8 +141,13 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
                     ("--encoder-layers", str(half_encoder), "--decoder-layers", str(half_decoder))
                     + ("--encoder-exit-layers", str(half_encoder))
                     + SMOOTHED,
+                    takes_knob=True,
                 ),
             ),
+            "--decoder-layers",
+            knob_label="decoder layers",
+            knob_range=(1, decoder_layers, True),
+            default_value=str(half_decoder),
         ),
         Method("hashee-enc", "HashEE, encoder exits", (Stage("hashee-enc", "start", SMOOTHED),)),
         # --sweep hashee-encdec=2 trains decoder tables whose buckets stop at layer 2 (the fast
