@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Tuple
 
 from ..calibration.knobs import checkpoint_knob
-from ..calibration.losses import LOSSES, METRICS, RANGES, describe, losses
-from ..calibration.ltt import P_VALUES, Calibration, calibrate, check_level
+from ..calibration.losses import RANGES, describe, losses
+from ..calibration.ltt import Calibration, calibrate, check_level
+from ..calibration.options import add_options
 from ..calibration.split import calibration_subset, first_examples
 from ..checkpoints import load_checkpoint
 from ..compare.runs import Data, generate, save_json
@@ -43,25 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("data", help="binarized data (fairseq-preprocess) holding the calibration split")
     parser.add_argument("--delta", type=float, default=0.1, help="the expected loss tolerated, in (0, 1)")
     parser.add_argument("--epsilon", type=float, default=0.1, help="the probability the guarantee may fail, in (0, 1)")
-    parser.add_argument(
-        "--loss",
-        choices=LOSSES,
-        default="textual",
-        help="textual: 1 - ROUGE against full depth's summary; risk: ROUGE lost against the reference, clipped at "
-        "0; drop: the same signed (full depth's minus the candidate's), delta 0.01 = one point on average",
-    )
-    parser.add_argument("--metric", choices=METRICS, default="rougeL", help="the ROUGE F1 the loss is computed with")
-    parser.add_argument(
-        "--p-value",
-        choices=P_VALUES,
-        default="wsr",
-        help="wsr: Waudby-Smith-Ramdas betting (adapts to the variance); hb: Hoeffding-Bentkus",
-    )
-    parser.add_argument(
-        "--subset",
-        "--calibration-subset",
-        help="the calibration split, not the one you report on (default: calib when the data has it, else valid)",
-    )
+    add_options(parser, "", default_loss="textual", subset_options=("--subset", "--calibration-subset"))
     parser.add_argument("--max-examples", type=int, help="calibrate on the split's first N examples only")
     parser.add_argument("--grid", help="candidate values, comma-separated (default: the knob's whole range)")
     parser.add_argument("-s", "--source-lang", help="source language suffix (default: the checkpoint's)")

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..calibration.knobs import Knob
-from ..calibration.losses import LOSSES, METRICS, RANGES, describe, losses
-from ..calibration.ltt import P_VALUES, Calibration, calibrate, check_level
+from ..calibration.losses import RANGES, describe, losses
+from ..calibration.ltt import Calibration, calibrate, check_level
+from ..calibration.options import add_options
 from ..calibration.split import calibration_subset
 from ..errors import HashEEError
 from .methods import Method, Point
@@ -45,25 +46,7 @@ def add_args(parser) -> None:
         metavar="DELTA[,EPSILON]",
         help="mark per method the fastest row Learn-then-Test certifies on the calibration split (epsilon default 0.1)",
     )
-    parser.add_argument(
-        "--calibration-subset",
-        metavar="NAME",
-        help="the calibration split (default: calib when the data has it, else valid; not the test split)",
-    )
-    parser.add_argument(
-        "--calibrate-loss",
-        choices=LOSSES,
-        default="risk",
-        help="the loss --calibrate controls (drop: the signed score lost against the reference, DELTA 0.01 = one "
-        "point on average)",
-    )
-    parser.add_argument("--calibrate-metric", choices=METRICS, default="rougeL", help="the ROUGE F1 of the loss")
-    parser.add_argument(
-        "--calibrate-p-value",
-        choices=P_VALUES,
-        default="wsr",
-        help="wsr: Waudby-Smith-Ramdas betting (adapts to the variance); hb: Hoeffding-Bentkus",
-    )
+    add_options(parser, "calibrate-", default_loss="risk")
     parser.add_argument(
         "--calibrate-grid",
         action="append",
