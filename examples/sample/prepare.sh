@@ -8,7 +8,8 @@
 #   bash examples/sample/prepare.sh [WORK_DIR]      (default: examples/sample/work)
 #
 # Writes WORK_DIR/raw (text), WORK_DIR/spm (subwords, spm.model) and WORK_DIR/data-bin; a
-# finished run leaves WORK_DIR/.data.done and is not redone.
+# finished run leaves WORK_DIR/.data.done and is not redone. CALIB (environment, default 1000):
+# the calib split's pairs.
 set -euo pipefail
 
 WORK=${1:-$(dirname "$0")/work}
@@ -20,7 +21,7 @@ mkdir -p "$RAW" "$SPM"
 # Importing fairseq logs that tensorboardX is missing, once per command: not worth a line each.
 quiet() { "$@" 2> >(grep -v tensorboardX >&2); }
 echo "== corpus and subwords"
-quiet hashee-sample-data "$RAW"
+quiet hashee-sample-data "$RAW" --calib "${CALIB:-1000}"
 quiet hashee-spm train --input "$RAW/train.src" "$RAW/train.tgt" --model-prefix "$SPM/spm" --vocab-size 2000
 for split in train valid test calib; do
   for side in src tgt; do

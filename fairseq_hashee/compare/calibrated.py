@@ -9,7 +9,8 @@ full-depth row (``--calibrate-loss``, calibration/losses.py: ``drop``, the
 signed ROUGE lost against the reference, is the budget "at most one point on
 average" at delta 0.01; ``risk`` clips it at 0; ``textual`` is 1 - ROUGE against
 full depth's summary), and keeps the last value fixed-sequence testing
-certifies (calibration/ltt.py, ``--calibrate-p-value``). That value's row is
+certifies (calibration/ltt.py, ``--calibrate-p-value``; candidates after the
+first that is not certified are neither tested nor generated). That value's row is
 the method's row at that value: marked in the table when the comparison has
 it anyway, else generated on the test split like every other row; its loss
 there is measured against delta.
@@ -179,18 +180,19 @@ def decide(
     decisions = []
     for number, method in enumerate(methods, start=1):
         tested = candidates(method, [p for p in points if p.method == method], calibration.grids.get(method.key))
-        say(f"== [calibrate {number}/{len(methods)}] {method.label}: {len(tested)} values on {subset}")
+        say(f"== [calibrate {number}/{len(methods)}] {method.label}: up to {len(tested)} values on {subset}")
         per_value = []
-        for point in tested:
+        for index, point in enumerate(tested):
             run = summaries(point)
             if run["ids"] != full["ids"]:
                 raise HashEEError(f"calibrating {point.name}: generated other {subset} examples than full depth")
             per_value.append(calibration.losses(run, full, lang))
-        values = [point.value or "default" for point in tested]
-        result = calibrate(
-            values, per_value, calibration.delta, calibration.epsilon, calibration.p_value, RANGES[calibration.loss]
-        )
-        decisions.append(Decision(method, tested, result))
+            values = [p.value or "default" for p in tested[: index + 1]]
+            levels = (calibration.delta, calibration.epsilon, calibration.p_value, RANGES[calibration.loss])
+            result = calibrate(values, per_value, *levels)
+            if result.chosen != index:  # fixed-sequence testing stops here: the rest are not generated
+                break
+        decisions.append(Decision(method, tested[: len(per_value)], result))
     return decisions
 
 
