@@ -4,9 +4,10 @@ HashEE decides a token's exit layer before the stack runs, from its id (the
 exit table). The methods it is compared with decide a decoder position's exit
 while computing it: at the end of layer ``i``, a rule looks at the positions
 still active and marks some of them exited there. From then on they are
-exited positions in every respect, so the layer plans, the gathered compute
-and the decoder's cache (modules/) serve both kinds unchanged: a rule
-decides, the layers execute.
+exited positions in every respect, so the layer plans (the planner orders
+the positions anew for the layers above, ``StackPlanner.replan``) and the
+decoder's cache (modules/) serve both kinds unchanged: a rule decides, the
+layers execute.
 
 - ``heads.py``: next-token distributions at every decoder layer (the model's
   shared output projection, or a head per layer);

@@ -3,11 +3,14 @@
 Each stack keeps fairseq's embeddings, layers and output layer and replaces
 only the loop over layers (``PlannedStackMixin.run_layers``): layer ``i``
 updates the positions whose exit layer is at least ``i`` (docs/design.md
-sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
+sections 1 and 3). ``exit_impl``, chosen when the model is built, sets the
+one flag ``skips`` that says how:
 
 - ``skip`` runs each layer's plan: no work where no position is active,
-  fairseq's stock layer where no position has exited yet, and otherwise the
-  active positions only (modules/hashee_layers.py);
+  fairseq's stock layer where no position has exited yet (teacher-forced and
+  encoder), and otherwise the active positions only; an incremental decoder
+  step always runs its rows through the plugin's own cache
+  (modules/hashee_layers.py, modules/kv_cache.py);
 - ``masked`` runs fairseq's stock layer on every position and keeps the old
   state where a position has exited: the slow reference definition.
 """

@@ -20,7 +20,7 @@ Cross-attention: ``prev_key``/``prev_value`` of the encoder output in the
 attention module's own fairseq buffer, projected once per generation at its
 first step; with fairseq's beamable attention one row per sentence instead of
 one per hypothesis, left alone by fairseq's reorder while every sentence is
-live.
+live. ``SourceRows`` says which of those key rows each query row reads.
 """
 
 import functools
