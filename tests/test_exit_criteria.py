@@ -121,8 +121,8 @@ def test_dat_joint_loss_is_the_decoder_loss_plus_alpha_times_the_exit_loss(rule)
     live = sample["target"].ne(dictionary.pad())
     oracle = Oracle("correctness", 0.1, 0.0).exits(logits, sample["target"], live)
     exit_nll, _, _ = exit_loss(model.decoder.exit_rule, live_states(net_output, live), oracle, 3)
-    assert float(loss.detach()) == pytest.approx(float(dec_loss + 2.0 * exit_nll), rel=1e-5)
-    assert float(log["exit_loss"]) == pytest.approx(float(exit_nll), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((dec_loss + 2.0 * exit_nll).detach()), rel=1e-5)
+    assert float(log["exit_loss"]) == pytest.approx(float(exit_nll.detach()), rel=1e-5)
     assert log["exit_positions"] == int(live.sum()) and log["oracle_exit_sum"] == int(oracle.sum())
 
     def backbone_grad(alpha):
