@@ -18,6 +18,9 @@ layers execute.
   documented stand-in for COBEE, whose definition we could not read); LECO's
   searched heads are in ``heads.py``.
 - ``consistentee.py``: ConsistentEE's exit policies and their REINFORCE loss.
+- ``free.py``: FREE's shallow-deep rule, whose exited positions are stacked
+  and computed deeply later (synchronized parallel decoding), and its
+  adaptive threshold (``beta_mixture.py``).
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -31,10 +34,11 @@ from typing import Optional
 from ..errors import HashEEError
 from .consistentee import DEFAULT_POLICY_DIM, ConsistentEERule
 from .dat import HaltingRule, MultinomialRule
+from .free import ShallowDeepRule, default_shallow_layer
 from .leco import AgreementRule
 from .rules import ConfidenceRule, ExitRule
 
-RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee", "agreement")
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee", "agreement", "free")
 
 
 def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
@@ -50,6 +54,9 @@ def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]
         return MultinomialRule(embed_dim, num_layers)
     if name == "agreement":
         return AgreementRule(num_layers)
+    if name == "free":
+        shallow = getattr(args, "shallow_exit_layer", None)
+        return ShallowDeepRule(num_layers, default_shallow_layer(num_layers) if shallow is None else shallow)
     if name == "consistentee":
         return ConsistentEERule(embed_dim, num_layers, getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM))
     raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")

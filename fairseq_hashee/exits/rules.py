@@ -144,6 +144,9 @@ class ExitRule(nn.Module):
     threshold_range: Optional[Tuple[float, float]] = (0.0, 1.0)  # None: the rule takes no threshold
     default_threshold = 0.9
     trained_by: Optional[str] = None  # the --criterion that trains the rule's own parameters
+    # False: an exited position is frozen (section 1). True (FREE's): it is stacked, and its layers above
+    # the exit run later, when its hypothesis next goes deep (docs/design.md section 8).
+    synchronized = False
 
     def __init__(self):
         super().__init__()
