@@ -13,8 +13,8 @@ from fairseq.data import Dictionary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairseq_hashee.tables.dictionary_file import check_dictionary_file
 from fairseq_hashee.errors import HashEEError
+from fairseq_hashee.tables.dictionary_file import check_dictionary_file
 from fairseq_hashee.tables.table_file import ExitTableFile, read_table
 
 from helpers import tiny_dictionary

@@ -36,7 +36,6 @@ from typing import List
 import torch
 from fairseq.data import Dictionary
 
-from ..tables import hash_functions
 from ..benchmark import measure, report
 from ..benchmark.settings import (
     CONFIG_KEYS,
@@ -53,6 +52,7 @@ from ..benchmark.settings import (
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
+from ..tables import hash_functions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

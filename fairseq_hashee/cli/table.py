@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary
 
-from ..tables import hash_functions
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
 from ..modules.exit_table import draw_exits
+from ..tables import hash_functions
 from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..tables.token_stats import TokenStats
 

@@ -25,12 +25,12 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..tables import hash_functions
 from ..criterions.frozen_backbone import freeze_backbone
-from ..tables.dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
+from ..tables import hash_functions
+from ..tables.dictionary_file import load_dictionary
 from ..tables.recipe import SplitSides, TableOptions, recipe_from_split
 from ..tables.table_file import read_table
 
