@@ -196,7 +196,9 @@ def _fairseq_command(tool, data_bin, checkpoint):
 
 
 @pytest.mark.parametrize("name", ["truncated.pt", "notes.pt"])
-def test_an_unloadable_checkpoint_gets_the_same_line_from_every_command(unloadable_checkpoints, data_bin, name):
+def test_an_unloadable_checkpoint_gets_the_same_line_from_every_command(
+    unloadable_checkpoints, data_bin, tmp_path, name
+):
     """fairseq's commands load checkpoints through their own torch.load: the plugin names the file
     as hashee-calibrate and hashee-compare do, never with torch's advice to turn weights_only off."""
     checkpoint = unloadable_checkpoints / name
@@ -210,6 +212,9 @@ def test_an_unloadable_checkpoint_gets_the_same_line_from_every_command(unloadab
         assert "weights_only" not in proc.stderr, tool
     proc = run_cli("fairseq_hashee.cli.calibrate", checkpoint, data_bin, check=False)
     assert _one_error_line(proc) == expected
+    proc = train(data_bin, tmp_path / "resumed", "--restore-file", checkpoint, "--max-update", 1, check=False)
+    assert _one_error_line(proc) == expected
+    assert not list((tmp_path / "resumed").glob("*.pt"))
 
 
 def test_sample_data_into_an_existing_file(tmp_path):
