@@ -16,7 +16,7 @@ WORK=${1:-$HERE/work}
 BASE_UPDATES=${BASE_UPDATES:-3000}
 MAX_UPDATE=${MAX_UPDATE:-600}
 FROZEN_UPDATES=${FROZEN_UPDATES:-300}
-METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,dat,consistentee,leco}
+METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,dat,consistentee,leco,free}
 TIMING_ROUNDS=${TIMING_ROUNDS:-3}
 BEAM=${BEAM:-4}
 

@@ -9,7 +9,7 @@ ConsistentEE) or need an architecture search first (LECO) add a stage of
 the policies' exits). Stages with the same name are the same run: CALM and
 ConsistentEE share the multi-exit backbone (CALM's layer weights ``w_i = i``), as
 docs/exit-methods.md trains it; DAT has its own, with the uniform weights of its
-aligned training.
+aligned training; FREE trains its shallow-deep decoder with its own loss.
 """
 
 from dataclasses import dataclass, replace
@@ -206,6 +206,24 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             "--exit-patience",
             patience,
             knob_range=(0, decoder_layers - 2, True),
+        ),
+        # FREE's shallow exit at its default (a quarter of the decoder, the released 6 of 24), trained
+        # with its shallow-deep loss from the start; its threshold (the released 0.9 and lower) is set
+        # when generating.
+        Method(
+            "free",
+            "FREE (shallow-deep)",
+            (
+                Stage(
+                    "free",
+                    "start",
+                    no_encoder_exits
+                    + ("--decoder-exit-rule", "free", "--criterion", "free_shallow_deep", "--label-smoothing", "0.1"),
+                ),
+            ),
+            "--exit-threshold",
+            ("0.9", "0.7", "0.5"),
+            knob_range=(0.0, 1.0, False),
         ),
     ]
     if decoder_layers < 2:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..modules import flops
 from .rules import ExitRule
 
 DEFAULT_POLICY_DIM = 32  # the hidden size of the authors' BERT policy network
@@ -104,8 +105,8 @@ class ConsistentEERule(ExitRule):
     def decision_flops(self, decoder, layer: int) -> float:
         embed_dim = decoder.shape.embed_dim
         if self.policy_dim == 0:
-            return 2.0 * embed_dim
-        return 2.0 * embed_dim * self.policy_dim + 2.0 * self.policy_dim
+            return flops.linear(embed_dim, 1)
+        return flops.linear(embed_dim, self.policy_dim) + flops.linear(self.policy_dim, 1)
 
 
 @contextlib.contextmanager

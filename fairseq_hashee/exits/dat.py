@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules import flops
 from .rules import ExitRule
 
 DAT_RULES = ("dat-halting", "dat-multinomial")
@@ -74,7 +75,7 @@ class HaltingRule(ExitRule):
         return torch.sigmoid(self.halting_logits(layer, h).float())
 
     def decision_flops(self, decoder, layer: int) -> float:
-        return 2.0 * decoder.shape.embed_dim
+        return flops.linear(decoder.shape.embed_dim, 1)
 
 
 class MultinomialRule(ExitRule):
@@ -94,4 +95,4 @@ class MultinomialRule(ExitRule):
         return torch.minimum(predicted, current)  # never later than the table's exit
 
     def decision_flops(self, decoder, layer: int) -> float:
-        return 2.0 * decoder.shape.embed_dim * self.exit_layer_classifier.out_features
+        return flops.linear(decoder.shape.embed_dim, self.exit_layer_classifier.out_features)

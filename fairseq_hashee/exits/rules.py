@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..modules import flops
 
 CONFIDENCE_MEASURES = ("softmax", "saturation", "classifier")
 
@@ -143,6 +144,9 @@ class ExitRule(nn.Module):
     threshold_range: Optional[Tuple[float, float]] = (0.0, 1.0)  # None: the rule takes no threshold
     default_threshold = 0.9
     trained_by: Optional[str] = None  # the --criterion that trains the rule's own parameters
+    # False: an exited position is frozen (section 1). True (FREE's): it is stacked, and its layers above
+    # the exit run later, when its hypothesis next goes deep (docs/design.md section 8).
+    synchronized = False
 
     def __init__(self):
         super().__init__()
@@ -246,7 +250,7 @@ class ConfidenceRule(ExitRule):
         if self.measure == "softmax":  # the layer's head, whatever its architecture
             return decoder.exit_heads.flops_per_position(layer, decoder.shape.vocab)
         if self.measure == "classifier":
-            return 2.0 * decoder.shape.embed_dim * 2
+            return flops.linear(decoder.shape.embed_dim, 2)
         return 0.0
 
 
