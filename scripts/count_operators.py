@@ -29,6 +29,7 @@ RULES = {
     "DAT halting": dict(decoder_exit_rule="dat-halting"),
     "ConsistentEE": dict(decoder_exit_rule="consistentee"),
     "agreement (LECO)": dict(decoder_exit_rule="agreement"),
+    "FREE (shallow exit 2)": dict(decoder_exit_rule="free", shallow_exit_layer=2),
 }
 
 

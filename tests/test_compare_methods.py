@@ -171,3 +171,14 @@ def test_the_decaying_threshold_needs_a_fixed_length(generate, refused):
     with pytest.raises(HashEEError, match="^" + re.escape(message)):
         check_generate_options(calm, generate)
     check_generate_options(sweep_points(METHODS["dat"]), generate)  # no decaying threshold: nothing to check
+
+
+def test_free_trains_its_own_shallow_deep_decoder_and_sweeps_its_threshold_at_generation():
+    (stage,) = METHODS["free"].stages
+    assert stage.start == "start" and not stage.frozen and stage.name == "free"
+    assert "--decoder-exit-rule" in stage.options and "free_shallow_deep" in stage.options
+    points = sweep_points(METHODS["free"])
+    assert [p.value for p in points] == ["0.9", "0.7", "0.5"]  # the released 0.9 and lower
+    assert {p.stages for p in points} == {METHODS["free"].stages}  # one model, the threshold at generation
+    assert points[0].generate_options == ["--exit-threshold", "0.9"]
+    assert [p.value for p in candidates(METHODS["free"], [])][:2] == ["1", "0.9"]

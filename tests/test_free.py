@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fairseq.sequence_generator import SequenceGenerator
 from test_flops import _measured
 from test_host_reads import counting_reads
 
@@ -58,12 +59,19 @@ def _reference(model, tokens, encoder_out, decided):
     return torch.where((decided == rule.shallow_layer)[..., None], shallow, full)
 
 
-def _decode(model, gen, beamable=True, bsz=3, beam=2, steps=9, reorder_at=(3, 6)):
-    """Random targets decoded step by step (reordered within each sentence's beam at ``reorder_at``):
-    the outputs, the exits the steps decided, and the teacher-forced reference."""
+def _rows(model, encoder_out, rows):
+    """``encoder_out`` with these rows: fairseq's reorder, which BART's set_beam_size turns off."""
+    return type(model.encoder).reorder_encoder_out(model.encoder, encoder_out, rows)
+
+
+def _decode(model, gen, beamable=True, bsz=3, beam=2, steps=9, reorder_at=(3, 6), finished_at=None):
+    """Random targets decoded step by step (reordered within each sentence's beam at ``reorder_at``;
+    at ``finished_at`` the second sentence leaves, as fairseq drops a finished sentence's rows):
+    the outputs, the exits the steps decided, the teacher-forced forward with the rule and the
+    reference, for the rows left."""
     dictionary = model.decoder.dictionary
     src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=10)
-    expand = torch.arange(bsz).repeat_interleave(beam)
+    sentence = torch.arange(bsz).repeat_interleave(beam)  # of each live row
     if beamable:
         model.set_beam_size(beam)
     tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz * beam, steps), generator=gen)
@@ -71,21 +79,27 @@ def _decode(model, gen, beamable=True, bsz=3, beam=2, steps=9, reorder_at=(3, 6)
     decided = torch.zeros(bsz * beam, steps, dtype=torch.long)
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths)
-        full_encoder_out = model.encoder.reorder_encoder_out(encoder_out, expand)
         if not beamable:
-            encoder_out = full_encoder_out
+            encoder_out = _rows(model, encoder_out, sentence)
         state, outputs = {}, []
         for step in range(steps):
+            order = None
             if step in reorder_at:
-                picks = torch.randint(0, beam, (bsz, beam), generator=gen)
-                order = (torch.arange(bsz)[:, None] * beam + picks).view(-1)
+                picks = torch.randint(0, beam, (len(sentence) // beam, beam), generator=gen)
+                order = (torch.arange(len(sentence) // beam)[:, None] * beam + picks).view(-1)
+            if step == finished_at:
+                order = (sentence != 1).nonzero().view(-1)
+            if order is not None:
                 model.decoder.reorder_incremental_state_scripting(state, order)
-                tokens[:, :step], decided[:, :step] = tokens[order, :step], decided[order, :step]
+                if not beamable:
+                    encoder_out = _rows(model, encoder_out, order)
+                tokens, decided, sentence = tokens[order], decided[order], sentence[order]
                 outputs = [out[order] for out in outputs]
             out, extra = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out, incremental_state=state)
             decided[:, step] = extra["exits"][:, 0]
             outputs.append(out[:, 0])
         model.set_beam_size(1)
+        full_encoder_out = _rows(model, model.encoder(src, src_lengths), sentence)
         forced, forced_extra = model.decoder(tokens, encoder_out=full_encoder_out)
         reference = _reference(model, tokens, full_encoder_out, decided)
     return torch.stack(outputs, dim=1), decided, forced, forced_extra["exits"], reference
@@ -93,11 +107,12 @@ def _decode(model, gen, beamable=True, bsz=3, beam=2, steps=9, reorder_at=(3, 6)
 
 @pytest.mark.parametrize("impl", ["skip", "masked"])
 @pytest.mark.parametrize("beamable", [True, False])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_incremental_equals_the_full_forward_with_each_positions_exit(impl, beamable, seed):
+@pytest.mark.parametrize("seed, finished_at", [(0, None), (1, None), (2, 5)])
+def test_incremental_equals_the_full_forward_with_each_positions_exit(impl, beamable, seed, finished_at):
     model = _free_model(seed)
     set_exit_impl(model, impl)
-    incremental, decided, forced, forced_exits, reference = _decode(model, torch.Generator().manual_seed(10 + seed))
+    gen = torch.Generator().manual_seed(10 + seed)
+    incremental, decided, forced, forced_exits, reference = _decode(model, gen, finished_at=finished_at)
     stacked = decided == SHALLOW
     assert stacked.any() and (~stacked).any()
     # Some hypothesis stacks two positions or more before going deep: a block of several positions.
@@ -318,3 +333,26 @@ def test_decoding_feeds_the_estimator_and_the_next_generation_uses_it():
     _decode(model, torch.Generator().manual_seed(11))  # its first step refits
     assert rule.adapted_threshold is not None and rule.estimator.fits >= 1
     assert rule.current_threshold() == rule.adapted_threshold != fixed
+
+
+def test_fairseqs_beam_search_gives_the_dense_definitions_hypotheses():
+    """fairseq's generator (beam 4, hypotheses ending at different steps, so beam search reorders
+    rows onto each other): the skip path's synchronized decoding and the masked reference, which
+    runs every position through every layer with fairseq's own cache, find the same hypotheses."""
+    model = _free_model(2)
+    dictionary = model.decoder.dictionary
+    with torch.no_grad():  # the end of sentence more likely than a random model makes it
+        model.decoder.output_projection.weight[dictionary.eos()].mul_(6.0)
+    src, src_lengths, _ = random_batch(dictionary, torch.Generator().manual_seed(2), bsz=3)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": src_lengths}}
+    outputs = []
+    for impl in ("skip", "masked"):
+        set_exit_impl(model, impl)
+        generator = SequenceGenerator([model], dictionary, beam_size=4, max_len_b=12)
+        with torch.no_grad():
+            outputs.append(generator.generate([model], sample))
+    assert len({len(h["tokens"]) for hypos in outputs[0] for h in hypos}) > 1
+    for skip, masked in zip(*outputs):
+        assert [h["tokens"].tolist() for h in skip] == [h["tokens"].tolist() for h in masked]
+        for a, b in zip(skip, masked):
+            assert torch.allclose(a["positional_scores"], b["positional_scores"], atol=1e-5)

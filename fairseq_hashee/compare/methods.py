@@ -10,7 +10,8 @@ model at the policies' exits) and DAT's joint stage (the decoder with its
 halting classifiers). Stages with the same name are the same run: CALM and
 ConsistentEE share the multi-exit backbone (CALM's layer weights ``w_i = i``,
 no label smoothing), as docs/exit-methods.md trains it; DAT has its own, with
-the uniform weights of its aligned training.
+the uniform weights of its aligned training; FREE trains its shallow-deep
+decoder with its own loss.
 """
 
 import argparse
@@ -225,6 +226,24 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             "--exit-patience",
             patience,
             knob_range=(0, decoder_layers - 2, True),
+        ),
+        # FREE's shallow exit at its default (a quarter of the decoder, the released 6 of 24), trained
+        # with its shallow-deep loss from the start; its threshold (the released 0.9 and lower) is set
+        # when generating.
+        Method(
+            "free",
+            "FREE (shallow-deep)",
+            (
+                Stage(
+                    "free",
+                    "start",
+                    no_encoder_exits
+                    + ("--decoder-exit-rule", "free", "--criterion", "free_shallow_deep", "--label-smoothing", "0.1"),
+                ),
+            ),
+            "--exit-threshold",
+            ("0.9", "0.7", "0.5"),
+            knob_range=(0.0, 1.0, False),
         ),
     ]
     if decoder_layers < 2:
