@@ -60,6 +60,27 @@ def test_chooses_the_last_certified_threshold(softmax_model, data_bin, tmp_path)
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["data", "full", "value-0", "value-0.5", "value-1"]
 
 
+def test_a_users_model_overrides_reach_every_run(softmax_model, data_bin, tmp_path):
+    """--model-overrides in --generate-args: the candidates take them as they are and the full-depth
+    reference adds decoder_exit_rule none to them (it used to replace them)."""
+    overrides = "--model-overrides \"{'exit_impl': 'masked'}\""
+    calibrate(softmax_model, data_bin, "--generate-args", f"{GENERATE} {overrides}", "--grid", "1",
+              "--max-examples", 2, "--work-dir", tmp_path / "work")  # fmt: skip
+    logged = {
+        run: re.search(r"'model_overrides': '([^']*)'", (tmp_path / "work" / run / "generate.log").read_text())
+        for run in ("full", "value-1")
+    }
+    assert logged["full"] is not None and logged["value-1"] is not None
+    assert json.loads(logged["full"].group(1)) == {"exit_impl": "masked", "decoder_exit_rule": "none"}
+    assert json.loads(logged["value-1"].group(1)) == {"exit_impl": "masked"}
+    # ... and overrides that set the rule, which hashee-calibrate sets itself, are refused before any run
+    rule = '--model-overrides \'{"decoder_exit_rule": "none"}\''
+    args = parse_args([str(softmax_model), str(data_bin), "--generate-args", rule, "--work-dir", str(tmp_path / "no")])
+    with pytest.raises(HashEEError, match="^--generate-args: --model-overrides sets decoder_exit_rule, which"):
+        run(args)
+    assert not (tmp_path / "no").exists()
+
+
 def test_bad_options_are_refused_in_one_line(softmax_model, data_bin, tmp_path):
     proc = calibrate(softmax_model, data_bin, "--work-dir", tmp_path / "work", "--delta", 1.5, check=False)
     assert "--delta: must be strictly between 0 and 1, got 1.5" in _one_error_line(proc)

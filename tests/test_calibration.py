@@ -3,6 +3,7 @@ losses of known risk, the losses and the knobs."""
 
 import argparse
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from fairseq_hashee.calibration import knobs, ltt
 from fairseq_hashee.calibration.losses import drop_losses, losses, risk_losses, textual_losses
+from fairseq_hashee.cli.calibrate import overrides_option, split_model_overrides
 from fairseq_hashee.errors import HashEEError
 
 
@@ -236,10 +238,11 @@ def test_knob_values_are_checked_and_ordered_safest_first():
 
 
 def test_without_a_certified_value_full_depth_is_kept():
-    from fairseq_hashee.cli.calibrate import FULL_DEPTH, conclusion
+    from fairseq_hashee.cli.calibrate import RULE_OFF, conclusion
 
     summary = dict(loss="textual", delta=0.1, epsilon=0.1, option="--exit-threshold", examples=6, subset="valid")
-    text = conclusion({**summary, "metric": "rougeL", "chosen": None, "generate_options": FULL_DEPTH})
+    full_depth = overrides_option(RULE_OFF)
+    text = conclusion({**summary, "metric": "rougeL", "chosen": None, "generate_options": full_depth})
     assert text.startswith(
         "no value of --exit-threshold is certified (expected textual consistency (1 - ROUGE-L against full depth's "
         "summary) at most 0.1 with "
@@ -248,3 +251,25 @@ def test_without_a_certified_value_full_depth_is_kept():
     assert drop.startswith("chosen: --exit-threshold 0.5 (expected ROUGE-2 drop against the reference (full depth's ")
     options = """--model-overrides '{"decoder_exit_rule": "none"}'"""
     assert text.endswith("keep full depth\nfairseq-generate options: " + options)
+
+
+def test_model_overrides_in_generate_args_are_split_out_and_checked():
+    """hashee-calibrate adds decoder_exit_rule to a user's --model-overrides for its full-depth run,
+    so it takes them out of --generate-args (either spelling; the last wins, as in fairseq)."""
+    assert split_model_overrides("--beam 4 --lenpen 2") == (["--beam", "4", "--lenpen", "2"], {})
+    text = "--beam 4 --model-overrides \"{'exit_impl': 'masked'}\" --lenpen 2"
+    assert split_model_overrides(text) == (["--beam", "4", "--lenpen", "2"], {"exit_impl": "masked"})
+    text = "--model-overrides=\"{'a': 1}\" --beam 1 --model-overrides '{\"b\": 2}'"
+    assert split_model_overrides(text) == (["--beam", "1"], {"b": 2})
+    for text, message in (
+        ("--model-overrides \"{'decoder_exit_rule': 'none'}\"", "sets decoder_exit_rule, which hashee-calibrate"),
+        ("--model-overrides [1]", "expects a Python dict of model options"),
+        ("--model-overrides {oops", "expects a Python dict of model options"),
+        ("--beam 4 --model-overrides", "needs a value"),
+    ):
+        with pytest.raises(HashEEError, match="^" + re.escape(f"--generate-args: --model-overrides {message}")):
+            split_model_overrides(text)
+    # written back as fairseq reads them: JSON where it says the same, Python's literal where not
+    assert overrides_option({"exit_impl": "masked", "n": 2}) == ["--model-overrides", '{"exit_impl": "masked", "n": 2}']
+    assert overrides_option({"flag": True, "none": None}) == ["--model-overrides", "{'flag': True, 'none': None}"]
+    assert overrides_option({}) == []

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fairseq_hashee.tables import hash_functions as hf
 from fairseq_hashee.modules.exit_table import draw_exits
+from fairseq_hashee.tables import hash_functions as hf
 from fairseq_hashee.tables.token_stats import TokenStats, token_stats
 
 L = 6

@@ -56,7 +56,7 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables, device,
     random_tables(model, gen, draw_sets=draw_sets)
     if tables == "mostly-layer-1":
         # Most steps then leave the upper layers without a query: their keys
-        # and values wait (pending) and are projected later in one batch.
+        # and values wait and are projected later in one batch.
         table = model.decoder.exit_table.clone()
         table[torch.rand(len(table), generator=gen) < 0.85] = 1
         table[: dictionary.nspecial] = model.decoder.num_layers
@@ -98,7 +98,7 @@ def test_incremental_equals_teacher_forced(impl, beamable, seed, tables, device,
             assert (step_out[:, 0] - forced[:, step]).float().abs().max() < atol, step
             cache = kv_cache.SelfAttentionCache.of(model.decoder, state)  # the skip path's
             if cache is not None:
-                deferred += sum(cache.pending(layer.self_attn) > 0 for layer in model.decoder.layers)
+                deferred += sum(cache.waiting(layer.self_attn) > 0 for layer in model.decoder.layers)
     if tables == "mostly-layer-1" and impl == "skip":
         assert deferred > 0
 

@@ -57,19 +57,39 @@ def test_exits_change_the_output():
     assert (full - exited).abs().max() > 1e-3
 
 
-def test_a_layer_nobody_reaches_is_skipped():
+def _refuse_to_run(monkeypatch, layer):
+    """Every way a layer computes goes through fairseq's ``forward`` (its plan is ``EVERY``) or the
+    feed-forward block that ends a prefix's or a step's update."""
+
+    def ran(*args, **kwargs):
+        pytest.fail("a layer with no active token ran")
+
+    monkeypatch.setattr(layer, "forward", ran)
+    monkeypatch.setattr(layer, "_feed_forward", ran)
+
+
+def test_a_layer_nobody_reaches_is_skipped(monkeypatch):
     """Layers above every token's exit do no work and leave the states untouched."""
     dictionary = tiny_dictionary()
     model = build_hashee(dictionary, layers=3)
     table = torch.ones(len(dictionary), dtype=torch.long)
     table[: dictionary.nspecial] = 3  # special symbols always run every layer
     model.encoder.set_exit_table(table)
-    for layer in model.encoder.layers[1:]:
-        layer.forward_active = layer.forward_stock = lambda *args: pytest.fail("a layer with no active token ran")
-    src = torch.randint(dictionary.nspecial, len(dictionary), (3, 6), generator=torch.Generator().manual_seed(3))
+    model.decoder.set_exit_table(table)
+    for layer in [*model.encoder.layers[1:], *model.decoder.layers[1:]]:
+        _refuse_to_run(monkeypatch, layer)
+    gen = torch.Generator().manual_seed(3)
+    src = torch.randint(dictionary.nspecial, len(dictionary), (3, 6), generator=gen)
+    prev = torch.randint(dictionary.nspecial, len(dictionary), (3, 4), generator=gen)
     with torch.no_grad():
-        states = model.encoder(src, torch.full((3,), 6), return_all_hiddens=True)["encoder_states"]
-    assert torch.equal(states[1], states[2]) and torch.equal(states[2], states[3])
+        encoder_out = model.encoder(src, torch.full((3,), 6), return_all_hiddens=True)
+        states = encoder_out["encoder_states"]
+        assert torch.equal(states[1], states[2]) and torch.equal(states[2], states[3])
+        inner = model.decoder(prev, encoder_out=encoder_out)[1]["inner_states"]
+        assert torch.equal(inner[1], inner[2]) and torch.equal(inner[2], inner[3])
+        state = {}
+        for step in range(1, 4):  # a step whose rows all exit at layer 1 only hands its input to the cache
+            model.decoder(prev[:, :step], encoder_out=encoder_out, incremental_state=state)
 
 
 def test_special_symbols_must_run_every_layer():

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every exit method on the built-in corpus, on CPU, at a larger budget than the demo
 # (examples/sample/run.sh): full depth, static half depth, HashEE encoder and encoder+decoder
-# exits, CALM, DAT, ConsistentEE and LECO, fine-tuned from one full-depth base model with the same
-# updates and seed, each dynamic method at three values of its knob. Prints the table and writes
+# exits, CALM (softmax and classifier), DAT, ConsistentEE, LECO and FREE, fine-tuned from one
+# full-depth base model with the same updates and seed, each dynamic method at three values of
+# its knob. Prints the table and writes
 # WORK_DIR/compare/{compare.json,compare.txt,frontier.png} (docs/comparison.md).
 #
 #   bash examples/compare/run.sh [WORK_DIR]      (default: examples/compare/work)
@@ -16,7 +17,7 @@ WORK=${1:-$HERE/work}
 BASE_UPDATES=${BASE_UPDATES:-3000}
 MAX_UPDATE=${MAX_UPDATE:-600}
 FROZEN_UPDATES=${FROZEN_UPDATES:-300}
-METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,dat,consistentee,leco}
+METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,calm-classifier,dat,consistentee,leco,free}
 TIMING_ROUNDS=${TIMING_ROUNDS:-3}
 BEAM=${BEAM:-4}
 

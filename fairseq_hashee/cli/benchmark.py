@@ -36,7 +36,6 @@ from typing import List
 import torch
 from fairseq.data import Dictionary
 
-from ..tables import hash_functions
 from ..benchmark import measure, report
 from ..benchmark.settings import (
     CONFIG_KEYS,
@@ -45,6 +44,7 @@ from ..benchmark.settings import (
     Inputs,
     Setting,
     build_models,
+    check_rule_configs,
     chosen_configs,
     exit_tables,
     synthetic_dictionary,
@@ -53,6 +53,7 @@ from ..benchmark.settings import (
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
+from ..tables import hash_functions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -142,6 +143,7 @@ def run(args) -> dict:
     with measure.resident_set_follows_live_memory(device):
         dictionary = _dictionary(args)
         models = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
+        check_rule_configs(models, args.configs)
         hashee = models.hashee
         tables = exit_tables(args, hashee, dictionary)
         for module in (models.hashee, models.stock, models.half, *models.rules.values()):

@@ -16,11 +16,13 @@ writes all of it.
 """
 
 import argparse
+import ast
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 from ..calibration.knobs import checkpoint_knob
 from ..calibration.losses import RANGES, describe, losses
@@ -32,8 +34,10 @@ from ..compare.runs import Data, generate, save_json
 from ..errors import HashEEError, install_one_line_errors
 from .compare import DEFAULT_GENERATE
 
-# The checkpoint's model without its rule: every position runs every decoder layer.
-FULL_DEPTH = ["--model-overrides", '{"decoder_exit_rule": "none"}']
+MODEL_OVERRIDES = "--model-overrides"
+# The full-depth reference is the checkpoint's model without its rule: every position runs every
+# decoder layer. The candidates keep the rule, so hashee-calibrate sets this key and nobody else.
+RULE_OFF = {"decoder_exit_rule": "none"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +60,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     return parser.parse_args(argv)
+
+
+def split_model_overrides(generate_args: str) -> Tuple[List[str], Dict]:
+    """``--generate-args`` as the options but ``--model-overrides``, and the overrides they give
+    (a dict, read as fairseq-generate reads it; the last given wins, as there). The full-depth run
+    adds RULE_OFF to them and every candidate takes them as they are, so the two generate the
+    same model but for its rule; overrides that set the rule themselves are refused."""
+    tokens, rest, text = shlex.split(generate_args), [], None
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token == MODEL_OVERRIDES:
+            if index + 1 == len(tokens):
+                raise HashEEError(f"--generate-args: {MODEL_OVERRIDES} needs a value")
+            text, index = tokens[index + 1], index + 2
+            continue
+        if token.startswith(MODEL_OVERRIDES + "="):
+            text = token.partition("=")[2]
+        else:
+            rest.append(token)
+        index += 1
+    if text is None:
+        return rest, {}
+    try:
+        overrides = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise HashEEError(
+            f"--generate-args: {MODEL_OVERRIDES} expects a Python dict of model options, e.g. "
+            f"\"{{'exit_impl': 'masked'}}\", got {text!r}"
+        )
+    for key, value in RULE_OFF.items():
+        if key in overrides:
+            raise HashEEError(
+                f"--generate-args: {MODEL_OVERRIDES} sets {key}, which hashee-calibrate sets itself (the "
+                f"checkpoint's rule for the candidates, {value!r} for the full-depth reference)"
+            )
+    return rest, overrides
+
+
+def overrides_option(overrides: Dict) -> List[str]:
+    """``--model-overrides`` with a dict literal fairseq reads back, written as JSON where JSON
+    says the same (the printed options stay easy to copy), else as Python writes it."""
+    if not overrides:
+        return []
+    text = json.dumps(overrides)
+    try:
+        same = ast.literal_eval(text) == overrides
+    except (ValueError, SyntaxError):  # true, false, null
+        same = False
+    return [MODEL_OVERRIDES, text if same else repr(overrides)]
 
 
 def _pair(args, state: dict):
@@ -86,6 +142,8 @@ def run(args) -> Tuple[dict, str]:
     check_level("--epsilon", args.epsilon)
     if args.max_examples is not None and args.max_examples < 1:
         raise HashEEError(f"--max-examples: must be at least 1, got {args.max_examples}")
+    generate_options, overrides = split_model_overrides(args.generate_args)
+    full_depth = overrides_option({**overrides, **RULE_OFF})
     state = load_checkpoint(args.checkpoint)
     knob = checkpoint_knob(state, args.checkpoint)
     values = knob.safest_first(args.grid.split(","), "--grid") if args.grid else knob.default_grid()
@@ -111,15 +169,16 @@ def run(args) -> Tuple[dict, str]:
             arch="",
             model_options=[],
             train_options=[],
-            generate_options=shlex.split(args.generate_args) + ["--seed", str(args.seed)],
+            generate_options=generate_options + ["--seed", str(args.seed)],
             device_options=[] if torch.cuda.is_available() and not args.cpu else ["--cpu"],
         )
         print(f"== full depth: {examples} examples of {args.subset}", flush=True)
-        full = generate(data, Path(args.checkpoint), work / "full", FULL_DEPTH, args.subset)
+        full = generate(data, Path(args.checkpoint), work / "full", full_depth, args.subset)
         runs = []
         for number, value in enumerate(values, start=1):
             print(f"== [{number}/{len(values)}] {knob.option} {value}", flush=True)
-            run_ = generate(data, Path(args.checkpoint), work / f"value-{value}", [knob.option, value], args.subset)
+            candidate = overrides_option(overrides) + [knob.option, value]
+            run_ = generate(data, Path(args.checkpoint), work / f"value-{value}", candidate, args.subset)
             if run_["ids"] != full["ids"]:
                 raise HashEEError(f"{knob.option} {value}: generated other examples than full depth")
             runs.append(run_)
@@ -127,7 +186,7 @@ def run(args) -> Tuple[dict, str]:
         losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang, args.metric) for r in runs
     ]
     result = calibrate(values, per_value, args.delta, args.epsilon, args.p_value, RANGES[args.loss])
-    options = [knob.option, result.value] if result.value is not None else FULL_DEPTH
+    options = [knob.option, result.value] if result.value is not None else full_depth
     summary = {
         "checkpoint": args.checkpoint,
         "subset": args.subset,

@@ -151,6 +151,7 @@ def main(argv=None):
         if key not in [m.key for m in chosen]:
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
+    method_lib.check_generate_options(points, data.generate_options)
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
     calibration = calibrated.settings(args, data_dir, (source, target), chosen)
 

@@ -25,6 +25,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
+from ..errors import HashEEError, install_one_line_errors
 from ..io_utils import atomic_write
 
 _FIRST_SENTENCE = re.compile(r"^(.{10,}?[.!?])(?:\s+([A-Z(`'\"].*))?$")
@@ -105,6 +106,7 @@ def docstring_pairs(
 
 
 def main(argv=None):
+    install_one_line_errors()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder for {train,valid,test,calib}.{src,tgt}")
     parser.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"], help="folder of Python sources to read")
@@ -116,13 +118,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
-    root = Path(args.stdlib)
+    root, out_dir = Path(args.stdlib), Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HashEEError(
+            f"{out_dir}: exists and is not a folder (the folder to write {{train,valid,test,calib}}.{{src,tgt}} into)"
+        )
     if not root.is_dir():
-        parser.error(f"--stdlib: {root} is not a folder")
+        raise HashEEError(f"--stdlib: {root} is not a folder")
     pairs = docstring_pairs(root, max_doc_words=args.max_doc_words)
     held_out = args.valid + args.test + args.calib
     if len(pairs) < held_out + 10:
-        parser.error(f"--stdlib: only {len(pairs)} usable docstrings under {root}")
+        raise HashEEError(f"--stdlib: only {len(pairs)} usable docstrings under {root}")
     random.Random(args.seed).shuffle(pairs)
     # valid and test first, as before the calib split existed: the same documents for the same seed
     splits = {
@@ -133,10 +139,10 @@ def main(argv=None):
     }
     for split, rows in splits.items():
         for side, column in (("src", 0), ("tgt", 1)):
-            with atomic_write(str(Path(args.out_dir) / f"{split}.{side}")) as out:
+            with atomic_write(str(out_dir / f"{split}.{side}")) as out:
                 out.writelines(row[column] + "\n" for row in rows)
     counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    print(f"wrote {counts} pairs from {root} to {args.out_dir}", file=sys.stderr)
+    print(f"wrote {counts} pairs from {root} to {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

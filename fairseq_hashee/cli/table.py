@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary
 
-from ..tables import hash_functions
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..io_utils import atomic_write
 from ..modules import flops
 from ..modules.exit_table import draw_exits
+from ..tables import hash_functions
 from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..tables.token_stats import TokenStats
 
@@ -48,9 +48,7 @@ def expected_speedup(table, sides: SplitSides, stack: str, shape: flops.StackSha
             continue
         target = tgt[i].long()
         prev = torch.cat([target[-1:], target[:-1]])  # fairseq's prev_output_tokens: eos first
-        positions = torch.arange(len(prev))[None]
-        lengths = torch.tensor([len(source)])
-        meter.add_decoder(shape, exits(prev), positions, lengths, lengths)
+        meter.add_decoder(shape, exits(prev), 0, torch.tensor([len(source)]))
     return flops.speedup_report(meter.sums)
 
 

@@ -47,9 +47,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..modules import flops
 from .rules import ExitRule
 
 DEFAULT_POLICY_DIM = 32  # the hidden size of the authors' BERT policy network
+# The LLaMA code's epsilon schedule (modeling_llama.py l. 40-42, 800-802) counts ``steps_done``, which
+# advances once per layer (32) in every forward of a micro-batch, and finetune.py accumulates 32 micro-batches
+# (batch 128 / micro-batch 4) per optimizer update: EPS_DECAY 20000 steps are 20000 / 1024 updates.
+RELEASED_EPSILON_DECAY_STEPS = 20000
+RELEASED_STEPS_PER_UPDATE = 32 * (128 // 4)
+DEFAULT_EPSILON_DECAY = RELEASED_EPSILON_DECAY_STEPS / RELEASED_STEPS_PER_UPDATE  # 19.53 updates
 EXPLORATIONS = ("sample", "greedy", "epsilon")
 REWARDS = ("hardness", "ce", "ce-layer")
 
@@ -104,8 +111,8 @@ class ConsistentEERule(ExitRule):
     def decision_flops(self, decoder, layer: int) -> float:
         embed_dim = decoder.shape.embed_dim
         if self.policy_dim == 0:
-            return 2.0 * embed_dim
-        return 2.0 * embed_dim * self.policy_dim + 2.0 * self.policy_dim
+            return flops.linear(embed_dim, 1)
+        return flops.linear(embed_dim, self.policy_dim) + flops.linear(self.policy_dim, 1)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HashEEError
+from ..modules import flops
 from ..modules.few_rows_linear import few_rows_linear
 
 HEAD_KINDS = ("shared", "per-layer", "search", "searched")
@@ -86,14 +87,6 @@ def _build_candidate(arch: str, dim: int, output_projection: nn.Linear) -> Optio
     if arch == "pooler":
         return _PoolerHead(dim)
     raise HashEEError(f"exit head architecture: expected one of {', '.join(HEAD_ARCHS)}, got {arch!r}")
-
-
-def head_arch_flops(arch: str, dim: int, vocab: int) -> float:
-    """Matrix-product FLOPs of one position through a head of architecture ``arch``."""
-    transform = {"shared": 0.0, "linear": 0.0, "mlp": 4.0 * dim * dim, "pooler": 2.0 * dim * dim}
-    if arch not in transform:
-        raise HashEEError(f"exit head architecture: expected one of {', '.join(HEAD_ARCHS)}, got {arch!r}")
-    return transform[arch] + 2.0 * dim * vocab
 
 
 class ExitHeads(nn.Module):
@@ -276,10 +269,10 @@ class ExitHeads(nn.Module):
         """Matrix-product FLOPs of one position's logits at ``layer``."""
         dim = self.embed_dim
         if self.candidates is None or layer == self.num_layers:
-            return 2.0 * dim * vocab
+            return flops.linear(dim, vocab)
         if self.kind == "search":
-            return sum(head_arch_flops(arch, dim, vocab) for arch in HEAD_ARCHS)
-        return head_arch_flops(self.chosen_archs()[layer - 1], dim, vocab)
+            return sum(flops.exit_head(arch, dim, vocab) for arch in HEAD_ARCHS)
+        return flops.exit_head(self.chosen_archs()[layer - 1], dim, vocab)
 
     def output_extra_flops(self, exits: Tensor, vocab: int, known: Optional[Tensor] = None) -> float:
         """What the heads of positions exited at ``exits`` (B, T) cost beyond the output
@@ -289,7 +282,7 @@ class ExitHeads(nn.Module):
         extra = 0.0
         if self.candidates is not None:
             counts = torch.bincount(exits.flatten().clamp(min=0), minlength=self.num_layers + 1).tolist()
-            base = 2.0 * self.embed_dim * vocab
+            base = flops.linear(self.embed_dim, vocab)
             extra += sum(
                 counts[layer] * (self.flops_per_position(layer, vocab) - base) for layer in range(1, self.num_layers)
             )

@@ -3,11 +3,14 @@
 Each stack keeps fairseq's embeddings, layers and output layer and replaces
 only the loop over layers (``PlannedStackMixin.run_layers``): layer ``i``
 updates the positions whose exit layer is at least ``i`` (docs/design.md
-sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
+sections 1 and 3). ``exit_impl``, chosen when the model is built, sets the
+one flag ``skips`` that says how:
 
 - ``skip`` runs each layer's plan: no work where no position is active,
-  fairseq's stock layer where no position has exited yet, and otherwise the
-  active positions only (modules/hashee_layers.py);
+  fairseq's stock layer where no position has exited yet (teacher-forced and
+  encoder), and otherwise the active positions only; an incremental decoder
+  step always runs its rows through the plugin's own cache
+  (modules/hashee_layers.py, modules/kv_cache.py);
 - ``masked`` runs fairseq's stock layer on every position and keeps the old
   state where a position has exited: the slow reference definition.
 """
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import HashEEError
 from ..exits.heads import ExitHeads
 from ..exits.rules import PositionMemory
-from ..modules import kv_cache
+from ..modules import flops, kv_cache
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
 from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer, LayerInputs
@@ -42,6 +45,15 @@ class StackRun(NamedTuple):
     exit_logits: Optional[Tuple[Tensor, Tensor]] = None
 
 
+class DecoderCall(NamedTuple):
+    """One decoder call prepared to run: teacher-forced over every position, or one step."""
+
+    x: Tensor  # (T, B, C) embeddings of the positions this call computes
+    planner: StackPlanner  # their plans, read
+    inputs: LayerInputs  # what every layer reads besides the states
+    first_position: int  # the absolute position of x's time 0 (incrementally, the step's)
+
+
 class PlannedStackMixin:
     """The loop over a stack's layers, shared by the encoder and the decoder."""
 
@@ -49,7 +61,7 @@ class PlannedStackMixin:
         # The depth of the model this stack was cut from (models/truncation.py):
         # what the speed-up report counts as the full model.
         self.register_buffer("full_depth", torch.tensor(self.num_layers))
-        self.exit_impl = exit_impl
+        self.exit_impl = exit_impl  # sets ``skips``
         # A dynamic exit rule (exits/rules.py): the decoder's, when the model has one.
         self.exit_rule = exit_rule
         # Set by flops.measuring() while FLOPs are being counted.
@@ -63,32 +75,35 @@ class PlannedStackMixin:
 
     @property
     def exit_impl(self) -> str:
-        return self._exit_impl
+        return "skip" if self.skips else "masked"
 
     @exit_impl.setter
     def exit_impl(self, value: str) -> None:
-        runners = {"skip": self._run_skip, "masked": self._run_masked}
-        if value not in runners:
+        if value not in EXIT_IMPLS:
             raise HashEEError(f"--exit-impl: expected one of {', '.join(EXIT_IMPLS)}, got {value!r}")
-        self._exit_impl = value
-        self._run_layer = runners[value]
+        # The one flag every part of a forward reads: the layers run their plans (skip), or
+        # fairseq's stock layers run on every position and exited ones are put back (masked).
+        self.skips = value == "skip"
+        self._run_layer = self._run_skip if self.skips else self._run_masked
 
     def _active_rule(self):
         """The exit rule, unless training (multi-exit training runs every layer) without
         ``rule_while_training``, which ConsistentEE's criterions set to decode with exits."""
         return self.exit_rule if self.rule_while_training or not self.training else None
 
-    def plan(self, exits: Tensor, step: bool = False, causal: bool = False) -> StackPlanner:
+    def planner(self, exits: Tensor, step: bool = False, causal: bool = False) -> StackPlanner:
         """The planner of one forward over positions that exit at ``exits`` (B, T): an
-        incremental decoder ``step``, or a teacher-forced forward (``causal`` in a decoder)."""
-        no_exits = self.no_early_exits and self._active_rule() is None
+        incremental decoder ``step``, or a teacher-forced forward (``causal`` in a decoder).
+        Nothing is read from the device until the forward calls its ``read``."""
+        rule = self._active_rule()
         return StackPlanner(
             exits,
             self.num_layers,
-            every_layer_full=no_exits,
+            every_layer_full=self.no_early_exits and rule is None,
             step=step,
             causal=causal,
-            ordered=self.exit_impl == "skip",
+            skips=self.skips,
+            synchronized_from=rule.shallow_layer + 1 if _stacks(rule, step, self.skips) else None,
         )
 
     def run_layers(
@@ -99,7 +114,7 @@ class PlannedStackMixin:
         keep_states: bool,
         first_position: int = 0,
     ) -> StackRun:
-        """Run every layer, as ``planner`` (from ``plan``) plans them, on ``states[-1]`` (T, B, C).
+        """Run every layer, as ``planner`` (already read) plans them, on ``states[-1]`` (T, B, C).
 
         The skip path works on the states in the planner's order (each row's
         positions deepest exit first, so that every layer's are a prefix) and
@@ -117,45 +132,38 @@ class PlannedStackMixin:
         rule = self._active_rule()
         # What the rule carries for each position from one layer to the next, in this forward only.
         memory = PositionMemory(planner.exits.shape, x.device, first_position) if rule is not None else None
-        order = planner.order
-        if order is not None:
-            x = order.sort(x)
-        decision_flops = 0.0
+        x = planner.sort(x)
+        exits, decision_flops = planner.exits, 0.0
         for i, layer in enumerate(self.layers, start=1):
             # The input stays referenced only while a rule may read it (the state before the layer).
             before = x if rule is not None else None
             x = self._run_layer(layer, x, i, planner, inputs)
             if rule is not None and i < self.num_layers and rule.decides_at(i):
-                decision_flops += self._decide_exits(rule, i, x, before, planner, memory)
-                x, order = self._follow_order(x, order, planner.order, inputs)
+                x, exits, spent = self._decide_exits(rule, i, x, before, planner, memory, exits)
+                decision_flops += spent
             if keep_states:
-                states.append(x if order is None else order.unsort(x))
-        if order is not None:
-            x = order.unsort(x)
-        return StackRun(x, planner.exits, decision_flops, memory.exit_logits() if memory is not None else None)
-
-    @staticmethod
-    def _follow_order(x: Tensor, old, new, inputs: LayerInputs):
-        """``x`` moved from the ``old`` order of the planner to its ``new`` one (a rule exited some)."""
-        if old is new:
-            return x, new
-        if old is not None:
-            x = old.unsort(x)
-        if new is not None:
-            x = new.sort(x)
-        if inputs.self_cache is not None:
-            inputs.self_cache.follow(new)
-        return x, new
+                states.append(planner.unsort(x))
+        return StackRun(planner.unsort(x), exits, decision_flops, memory.exit_logits() if memory else None)
 
     def _decide_exits(
-        self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
-    ) -> float:
-        """Let ``rule`` exit some of ``layer``'s active positions; returns what deciding cost.
-        A position that exits here outputs the logits the rule decided with (if it computed any)."""
+        self,
+        rule,
+        layer: int,
+        after: Tensor,
+        before: Tensor,
+        planner: StackPlanner,
+        memory: PositionMemory,
+        exits: Tensor,
+    ) -> Tuple[Tensor, Tensor, float]:
+        """Let ``rule`` exit some of ``layer``'s active positions: the states ``after`` the layer in
+        the planner's new order, the new ``exits`` and what deciding cost. A position that exits
+        here outputs the logits the rule decided with (if it computed any). A synchronized rule's
+        positions are frozen nowhere: teacher-forced (and in the masked reference) every position
+        goes on through every layer, and only an incremental step on the skip path leaves them
+        for later (section 8)."""
         where = planner.active_positions(layer)
         if where.row.numel() == 0:
-            return 0.0
-        exits = planner.exits
+            return after, exits, 0.0
         at_states = (where.state_time, where.state_row)
         decided = rule.decide(
             self,
@@ -165,13 +173,15 @@ class PlannedStackMixin:
             exits[where.row, where.time],
             memory=memory.at(where.row, where.time),
         )
-        planner.set_exits(exits.index_put((where.row, where.time), decided))
         memory.settle_logits(decided == layer)
-        return where.row.numel() * rule.decision_flops(self, layer)
+        exits = exits.index_put((where.row, where.time), decided)
+        if not rule.synchronized or _stacks(rule, planner.step, planner.skips):
+            after = planner.replan(exits, after)
+        return after, exits, where.row.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
-        return layer.forward_plan(x, planner(i), inputs)
+        return layer.forward_plan(x, planner.layer_plan(i), inputs)
 
     @staticmethod
     def _run_masked(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -200,8 +210,9 @@ class HashEEEncoder(ExitTableMixin, PlannedStackMixin, TransformerEncoderBase):
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
         exits = self.token_exits(src_tokens)
-        planner = self.plan(exits)
-        has_pads = planner.any_padding(padding_mask)  # the forward's one host read
+        planner = self.planner(exits)
+        counts = planner.read()  # the forward's one host read, which also says whether any row is padded
+        has_pads = counts.padded if counts is not None else bool(padding_mask.any())
         x, encoder_embedding = self.forward_embedding(src_tokens, token_embeddings)
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
@@ -307,58 +318,69 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             raise HashEEError(
                 "attention alignments (--print-alignment, alignment layers/heads) are not supported by HashEE decoders"
             )
-        enc: Optional[Tensor] = None
-        enc_padding_mask: Optional[Tensor] = None
-        if encoder_out is not None and len(encoder_out["encoder_out"]) > 0:
-            enc = encoder_out["encoder_out"][0]
-        if encoder_out is not None and len(encoder_out["encoder_padding_mask"]) > 0:
-            enc_padding_mask = encoder_out["encoder_padding_mask"][0]
+        return self._run_call(self._prepare_call(prev_output_tokens, encoder_out, incremental_state))
 
+    def _prepare_call(self, prev_output_tokens: Tensor, encoder_out, incremental_state) -> DecoderCall:
+        """Embed the positions this call computes, read their plans (the call's one host read) and
+        gather what every layer reads; incrementally, advance the caches to the new position."""
+        enc = _first(encoder_out, "encoder_out")
+        enc_padding_mask = _first(encoder_out, "encoder_padding_mask")
+        step = incremental_state is not None
         x, tokens = self._embed_new_positions(prev_output_tokens, incremental_state)
-        if incremental_state is not None and enc is not None and prev_output_tokens.size(1) == tokens.size(1):
+        first_position = prev_output_tokens.size(1) - tokens.size(1)
+        if step and enc is not None and first_position == 0:
             kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
-        step = incremental_state is not None
-        planner = self.plan(self.token_exits(tokens), step=step, causal=not step)
-        padding_mask = pad if planner.any_padding(pad) else None  # the step's one host read
-        self_cache = None
-        if step and self.exit_impl == "skip":
-            order = planner.order
-            self_cache = kv_cache.SelfAttentionCache.for_step(self, incremental_state, x.size(1), padding_mask, order)
-        source_keep = None
+        rule = self._active_rule()
+        if step and first_position == 0 and rule is not None and hasattr(rule, "begin_generation"):
+            rule.begin_generation()
+        planner = self.planner(self.token_exits(tokens), step=step, causal=not step)
+        counts = planner.read()
+        padding_mask = pad if (counts.padded if counts is not None else bool(pad.any())) else None
+        self_cache = sources = None
+        if step and self.skips:
+            self_cache = kv_cache.SelfAttentionCache.for_step(self, incremental_state, planner, padding_mask)
         cross_attn = self.layers[0].encoder_attn
-        own_attention = self_cache is not None or (self.exit_impl == "skip" and not planner.every_layer_full)
-        if enc is not None and cross_attn is not None and own_attention:
-            # For the layers that run the plugin's own attention (a rule may order the states later).
-            source_keep = kv_cache.source_keep(cross_attn, enc_padding_mask, incremental_state)
+        if self.skips and enc is not None and cross_attn is not None:
+            if step:
+                sources = kv_cache.SourceRows.of_step(cross_attn, incremental_state, planner)
+            else:
+                sources = kv_cache.SourceRows(x.size(1), enc.size(1), enc_padding_mask)
         inputs = LayerInputs(
             padding_mask=padding_mask,
             encoder_out=enc,
             encoder_padding_mask=enc_padding_mask,
-            source_keep=source_keep,
+            sources=sources,
             incremental_state=incremental_state,
             self_cache=self_cache,
             self_attn_mask=None if step else self.buffered_future_mask(x),
         )
+        return DecoderCall(x, planner, inputs, first_position)
+
+    def _run_call(self, call: DecoderCall):
+        """The layers, the final norm and projection of a prepared call: features (B, T, C) and
+        fairseq's ``extra`` with each position's exit layer."""
+        step = call.inputs.incremental_state is not None
         # Teacher-forced, each layer's output is returned (multi-exit criteria read them);
         # a generation step needs none of them.
-        inner_states: List[Optional[Tensor]] = [x]
-        past_len = prev_output_tokens.size(1) - tokens.size(1)
-        run = self.run_layers(inner_states, planner, inputs, keep_states=not step, first_position=past_len)
-        x, exits = run.x, run.exits
-
+        inner_states: List[Optional[Tensor]] = [call.x]
+        run = self.run_layers(
+            inner_states, call.planner, call.inputs, keep_states=not step, first_position=call.first_position
+        )
+        x = run.x
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         x = x.transpose(0, 1)
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
+        cache = call.inputs.self_cache
+        block = cache.block if cache is not None else None
+        rule = self._active_rule()
+        if block is not None and getattr(rule, "adaptive", False):
+            rule.observe(self, block.entry, block.states, block.computed)
         if self.speedup_meter is not None:
-            # Exit heads beyond the output projection are spent where positions exit (searched heads),
-            # and none where the logits a rule decided with are the output (counted as its decision).
-            known = run.exit_logits[1] if run.exit_logits is not None else None
-            heads = self.exit_heads.output_extra_flops(exits, self.shape.vocab, known)
-            self._measure(exits, past_len, inputs, run.decision_flops + heads)
-        extra = {"attn": [None], "inner_states": inner_states, "exits": exits, "exit_logits": run.exit_logits}
+            self._measure(run, call, block)
+        extra = {"attn": [None], "inner_states": inner_states, "exits": run.exits, "exit_logits": run.exit_logits}
         return x, extra
 
     def _embed_new_positions(self, prev_output_tokens: Tensor, incremental_state):
@@ -388,22 +410,44 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         x = self.dropout_module(x)
         return x.transpose(0, 1), tokens
 
-    def _measure(self, exits: Tensor, past_len: int, inputs: LayerInputs, decision_flops: float):
-        """Add this call's FLOPs to the meter; ``exits`` (B, T) of the new positions."""
-        num_rows, new_len = exits.shape
-        positions = past_len + torch.arange(new_len, device=exits.device).expand(num_rows, new_len)
+    def _measure(self, run: StackRun, call: DecoderCall, block) -> None:
+        """Add this call's FLOPs to the meter: its layers, its exit heads beyond the output
+        projection (none where a rule's logits are the output: counted as its decision), the
+        rule's decisions, and a synchronized rule's deep layers where they run (section 8)."""
+        known = run.exit_logits[1] if run.exit_logits is not None else None
+        extra = run.decision_flops + self.exit_heads.output_extra_flops(run.exits, self.shape.vocab, known)
+        source_lengths = self._source_lengths(call.inputs)
+        layers_run = None
+        rule = self._active_rule()
+        if rule is not None and rule.synchronized and call.inputs.incremental_state is None:
+            layers_run = flops.synchronized_layers(run.exits, self.num_layers)
+        if block is not None:
+            extra += flops.flushed(self.shape, rule.shallow_layer, block, source_lengths, run.exits.size(0))
+        self.speedup_meter.add_decoder(
+            self.shape, run.exits, call.first_position, source_lengths, extra_flops=extra, layers_run=layers_run
+        )
+
+    def _source_lengths(self, inputs: LayerInputs) -> Optional[Tensor]:
+        """The source length of each row of the cross-attention keys; None without them."""
         cross_attn = self.layers[0].encoder_attn
         enc, state = inputs.encoder_out, inputs.incremental_state
         if enc is None or cross_attn is None:
-            src_lengths, cross_kv = exits.new_zeros(num_rows), None
-        else:
-            if state is not None:
-                lengths = kv_cache.cached_source_lengths(cross_attn, state)
-            elif inputs.encoder_padding_mask is not None:
-                lengths = inputs.encoder_padding_mask.logical_not().sum(dim=1)
-            else:
-                lengths = exits.new_full((enc.size(1),), enc.size(0))
-            src_lengths = lengths.repeat_interleave(num_rows // lengths.size(0))
-            # Cross-attention keys/values are projected on the first call only.
-            cross_kv = lengths if past_len == 0 else None
-        self.speedup_meter.add_decoder(self.shape, exits, positions, src_lengths, cross_kv, decision_flops)
+            return None
+        if state is not None:
+            return kv_cache.cached_source_lengths(cross_attn, state)
+        if inputs.encoder_padding_mask is not None:
+            return inputs.encoder_padding_mask.logical_not().sum(dim=1)
+        return torch.full((enc.size(1),), enc.size(0), dtype=torch.long, device=enc.device)
+
+
+def _stacks(rule, step: bool, skips: bool) -> bool:
+    """Whether a forward leaves a synchronized rule's exited positions pending (FREE's stacking):
+    an incremental step on the skip path. Elsewhere they run every layer."""
+    return rule is not None and rule.synchronized and step and skips
+
+
+def _first(encoder_out: Optional[Dict[str, List[Tensor]]], key: str) -> Optional[Tensor]:
+    """fairseq's encoder output entry ``key`` (a list holding one tensor, or none)."""
+    if encoder_out is None or len(encoder_out[key]) == 0:
+        return None
+    return encoder_out[key][0]

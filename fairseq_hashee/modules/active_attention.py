@@ -58,17 +58,17 @@ def project_kv(attn: MultiheadAttention, x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def attend(
-    attn: MultiheadAttention, query: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor] = None
+    attn: MultiheadAttention, query: Tensor, keys: Tensor, values: Tensor, visible: Optional[Tensor] = None
 ) -> Tensor:
     """Multi-head attention output (Tq, B, C) of the time-major ``query`` states (Tq, B, C).
 
-    ``keys``/``values`` are (B, heads, S, head_dim); ``mask`` (B, 1, Tq, S) or any shape
+    ``keys``/``values`` are (B, heads, S, head_dim); ``visible`` (B, 1, Tq, S) or any shape
     that broadcasts to it, True where a query sees a key (None: every key).
     """
     num_heads, head_dim = attn.num_heads, attn.head_dim
     tq, bsz, _ = query.shape
     q = few_rows_linear(attn.q_proj, query).view(tq, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=_dropout_p(attn))
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, dropout_p=_dropout_p(attn))
     return few_rows_linear(attn.out_proj, out.permute(2, 0, 1, 3).reshape(tq, bsz, num_heads * head_dim))
 
 
@@ -77,30 +77,41 @@ def attend_grouped(
     query: Tensor,
     keys: Tensor,
     values: Tensor,
-    mask: Optional[Tensor],
-    groups: Optional[Tuple[Tensor, Tensor]],
+    visible: Optional[Tensor],
+    slots: Optional[Tuple[Tensor, Tensor]],
     per_group: int,
 ) -> Tensor:
-    """Attention output (N, C) of ``query`` (N, C), where each query reads the keys of its group.
+    """Attention output (Tq, N, C) of ``query`` (Tq, N, C), where each query row reads the keys
+    of its group: fairseq's beamable cross-attention, one key row per sentence, which its
+    ``per_group`` hypotheses share. No group's keys are copied.
 
-    ``keys``/``values`` are (G, heads, S, head_dim), one row per group (fairseq's beamable
-    cross-attention cache: a sentence's row, which its hypotheses share); ``groups`` gives
-    each query's (group, slot), slots below ``per_group``; None: the queries are every slot
-    of every group in order. Queries of a group are attended together as the slots of one
-    row, so no group's keys are copied; slots without a query attend with a zero query.
+    ``keys``/``values`` are (G, heads, S, head_dim), ``visible`` (G, 1, 1, S) or None.
+    ``slots`` gives each query row's (group, slot), slots below ``per_group``, for incremental
+    rows that are a subset in another order; None: the query rows are every row of every group
+    in order. A group's queries (its rows' Tq positions each) are attended together as the query
+    positions of one row; slots without a query attend with a zero query.
     """
+    if slots is None and per_group == 1:
+        return attend(attn, query, keys, values, visible)
     num_heads, head_dim = attn.num_heads, attn.head_dim
-    channels = num_heads * head_dim
+    tq, num_rows, channels = query.shape
     num_groups = keys.size(0)
     q = few_rows_linear(attn.q_proj, query)
-    if groups is None:
-        packed = q.view(num_groups, per_group, channels)
+    if slots is None:
+        packed = q.transpose(0, 1).reshape(num_groups, per_group * tq, channels)
     else:
-        packed = q.new_zeros(num_groups, per_group, channels).index_put_(groups, q)
-    packed = packed.view(num_groups, per_group, num_heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, dropout_p=_dropout_p(attn))
+        group, slot = slots
+        if tq > 1:  # a row's positions take consecutive slots
+            offsets = torch.arange(tq, device=slot.device)[:, None]
+            slots = (group.expand(tq, num_rows), slot * tq + offsets)
+        packed = q.new_zeros(num_groups, per_group * tq, channels).index_put_(slots, q[0] if tq == 1 else q)
+    packed = packed.view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=visible, dropout_p=_dropout_p(attn))
     out = out.transpose(1, 2)
-    out = out.reshape(-1, channels) if groups is None else out[groups].view(-1, channels)
+    if slots is None:
+        out = out.reshape(num_rows, tq, channels).transpose(0, 1)
+    else:
+        out = out[slots].view(tq, num_rows, channels)
     return few_rows_linear(attn.out_proj, out)
 
 

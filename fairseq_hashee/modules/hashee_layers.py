@@ -1,13 +1,14 @@
 """fairseq's Transformer layers, extended to run a layer plan (docs/design.md section 3).
 
 The classes subclass fairseq's own layers, so parameters, names and the stock
-``forward`` are fairseq's. Both layer types have one entry point,
-``forward_plan(x, plan, inputs)``: no work for ``Plan.SKIP``, fairseq's own
-layer for ``Plan.EVERY``, and for a ``Prefix`` (states ordered by exit layer,
-modules/layer_plan.py) a forward that runs the query side of attention, the
-norms and the feed-forward block on the first positions of each row alone,
-a narrow view, and writes them back in place of the old ones; frozen positions
-keep their state and still serve as keys and values.
+``forward`` are fairseq's. ``forward_plan(x, plan, inputs)`` dispatches on the
+plan (modules/layer_plan.py): no work for ``Plan.SKIP``, fairseq's own layer
+(``forward_stock``) for ``Plan.EVERY``, ``forward_prefix`` for a teacher-forced
+``Prefix`` and, in the decoder, ``forward_step`` for an incremental step's
+``StepRows``. On a prefix or a step's rows, the query side of attention, the
+norms and the feed-forward block run on the first positions (rows) of the
+ordered states alone, a narrow view, and are written back in place of the old
+ones; frozen positions keep their state and still serve as keys and values.
 """
 
 from typing import NamedTuple, Optional
@@ -21,8 +22,8 @@ from torch import Tensor
 
 from .active_attention import attend, attend_grouped, project_kv
 from .few_rows_linear import few_rows_linear
-from .kv_cache import IncrementalState, SelfAttentionCache, cross_attention_kv
-from .layer_plan import LayerPlan, Plan, Prefix
+from .kv_cache import IncrementalState, SelfAttentionCache, SourceRows, cross_attention_kv
+from .layer_plan import LayerPlan, Plan, Prefix, StepBlock, StepRows
 
 
 class LayerInputs(NamedTuple):
@@ -31,7 +32,7 @@ class LayerInputs(NamedTuple):
     padding_mask: Optional[Tensor]  # (B, T) True at padding among this call's positions; None: none
     encoder_out: Optional[Tensor] = None  # (S, B, C), decoder only
     encoder_padding_mask: Optional[Tensor] = None  # (B, S), for fairseq's own layers
-    source_keep: Optional[Tensor] = None  # (rows, 1, 1, S) source positions a query sees; None: all
+    sources: Optional[SourceRows] = None  # the key rows cross-attention queries read, for the plugin's own layers
     incremental_state: Optional[IncrementalState] = None  # decoder, one step at a time
     self_cache: Optional[SelfAttentionCache] = None  # decoder, one step at a time, skip path
     self_attn_mask: Optional[Tensor] = None  # decoder, teacher-forced: the causal (future) mask
@@ -62,6 +63,10 @@ class _PlannedLayer:
             return x
         if plan is Plan.EVERY:
             return self.forward_stock(x, inputs)
+        if isinstance(plan, StepRows):
+            return self.forward_step(x, plan, inputs)
+        if isinstance(plan, StepBlock):
+            return self.forward_block(x, plan, inputs)
         return self.forward_prefix(x, plan, inputs)
 
     def _close_residual(self, update: Tensor, residual: Tensor, layer_norm) -> Tensor:
@@ -83,7 +88,7 @@ class _PlannedLayer:
         first ``plan.keys`` positions of each row (exited ones included)."""
         kv_in = self._attention_input(x[: plan.keys], self.self_attn_layer_norm)
         keys, values = project_kv(self.self_attn, kv_in)
-        attn = attend(self.self_attn, kv_in[: plan.size], keys, values, plan.attn_mask)
+        attn = attend(self.self_attn, kv_in[: plan.size], keys, values, plan.visible)
         return self._close_residual(attn, x[: plan.size], self.self_attn_layer_norm)
 
 
@@ -97,32 +102,16 @@ class HashEEEncoderLayer(_PlannedLayer, TransformerEncoderLayerBase):
 
 
 class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
-    """Decoder layer: teacher-forced over the plan's positions, or one incremental step.
+    """Decoder layer: teacher-forced over a prefix of the ordered positions, or one incremental step.
 
-    Incrementally (``inputs.self_cache``, modules/kv_cache.py) every step's
-    input to this layer reaches the cache: deferred when the step has no
-    active row here, projected when a step needs keys. Every key a query
-    reads is thus projected from that position's input to this layer, its
-    frozen state if it exited below (the KV-cache invariant, docs/design.md
-    section 4). A step with every row active runs the same path, so the cache
-    never needs fairseq's own layout.
+    Incrementally (``forward_step``, modules/kv_cache.py) every step's input to
+    this layer reaches the cache: deferred when the step has no active row
+    here, projected when a step needs keys. Every key a query reads is thus
+    projected from that position's input to this layer, its frozen state if it
+    exited below (the KV-cache invariant, docs/design.md section 4). A step with
+    every row active runs the same path, so the cache never needs fairseq's own
+    layout.
     """
-
-    def forward_plan(self, x: Tensor, plan: LayerPlan, inputs: LayerInputs) -> Tensor:
-        cache = inputs.self_cache
-        if cache is None:
-            return super().forward_plan(x, plan, inputs)
-        kv_in = self._attention_input(x, self.self_attn_layer_norm)
-        if plan is Plan.SKIP:
-            cache.defer(self.self_attn, kv_in)
-            return x
-        size = x.size(1) if plan is Plan.EVERY else plan.size
-        keys, values, keep = cache.keys_values(self.self_attn, kv_in, size)
-        attn = attend(self.self_attn, kv_in[:, :size], keys, values, keep)
-        h = self._close_residual(attn, x[:, :size], self.self_attn_layer_norm)
-        if self.encoder_attn is not None and inputs.encoder_out is not None:
-            h = self._cross_attention_step(h, cache, inputs)
-        return _write_prefix(x, self._feed_forward(h), None, in_place=False, dim=1)
 
     def forward_stock(self, x: Tensor, inputs: LayerInputs) -> Tensor:
         out, _, _ = self(
@@ -136,40 +125,57 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         return out
 
     def forward_prefix(self, x: Tensor, plan: Prefix, inputs: LayerInputs) -> Tensor:
-        h = self._self_attention(x, plan)
-        if self.encoder_attn is not None and inputs.encoder_out is not None:
-            keys, values = cross_attention_kv(self.encoder_attn, inputs.encoder_out, None, None, x.size(1))
-            source_keep = inputs.source_keep
-            if keys.size(0) != x.size(1):
-                # One encoder row per sentence (fairseq's beamable shortcut) teacher-forced: rescoring
-                # a beam's hypotheses; each hypothesis reads its sentence's row.
-                per_sentence = x.size(1) // keys.size(0)
-                keys, values = (t.repeat_interleave(per_sentence, dim=0) for t in (keys, values))
-                if source_keep is not None:
-                    source_keep = source_keep.repeat_interleave(per_sentence, dim=0)
-            attn = attend(
-                self.encoder_attn, self._attention_input(h, self.encoder_attn_layer_norm), keys, values, source_keep
-            )
-            h = self._close_residual(attn, h, self.encoder_attn_layer_norm)
+        h = self._cross_attention(self._self_attention(x, plan), inputs)
         return _write_prefix(x, self._feed_forward(h), plan.write_mask, in_place=False)
 
-    def _cross_attention_step(self, h: Tensor, cache: SelfAttentionCache, inputs: LayerInputs) -> Tensor:
-        """Cross-attention of one step's active rows (1, N, C), grouped by the cache's source rows."""
+    def forward_step(self, x: Tensor, plan: StepRows, inputs: LayerInputs) -> Tensor:
+        """One step's states (1, rows, C), ordered: the first ``plan.count`` rows are updated."""
+        cache = inputs.self_cache
+        kv_in = self._attention_input(x, self.self_attn_layer_norm)
+        if plan.count == 0:
+            cache.defer(self.self_attn, kv_in)
+            return x
+        keys, values, visible = cache.keys_values(self.self_attn, kv_in, plan.count)
+        attn = attend(self.self_attn, kv_in[:, : plan.count], keys, values, visible)
+        h = self._close_residual(attn, x[:, : plan.count], self.self_attn_layer_norm)
+        h = self._cross_attention(h, inputs)
+        return _write_prefix(x, self._feed_forward(h), None, in_place=False, dim=1)
+
+    def forward_block(self, x: Tensor, plan: StepBlock, inputs: LayerInputs) -> Tensor:
+        """A deep layer of a synchronized step (FREE, docs/design.md section 8): the first
+        ``plan.count`` rows of ``x`` (1, rows, C) run it for this position and, in the same call, for
+        the positions they left pending; the other rows' states wait in the cache."""
+        block = inputs.self_cache.synchronize(x, plan.count)
+        if block is None:
+            return x
+        kv_in = self._attention_input(block.states, self.self_attn_layer_norm)
+        keys, values, visible = inputs.self_cache.block_keys_values(self.self_attn, kv_in)
+        attn = attend(self.self_attn, kv_in, keys, values, visible)
+        h = self._cross_attention(self._close_residual(attn, block.states, self.self_attn_layer_norm), inputs)
+        block.states = self._feed_forward(h)
+        return _write_prefix(x, block.states[-1:], None, in_place=False, dim=1)
+
+    def _cross_attention(self, h: Tensor, inputs: LayerInputs) -> Tensor:
+        """Cross-attention sublayer of the queries ``h`` (Tq, N, C): every row teacher-forced, a
+        step's first N rows in its order incrementally (at Tq positions in a synchronized block);
+        each reads its key row (``inputs.sources``)."""
+        if self.encoder_attn is None or inputs.encoder_out is None:
+            return h
+        sources = inputs.sources
         keys, values = cross_attention_kv(
             self.encoder_attn,
             inputs.encoder_out,
             inputs.encoder_padding_mask,
             inputs.incremental_state,
-            cache.ancestry.size(0),
+            sources.num_rows,
         )
-        num_groups, num_queries = keys.size(0), h.size(1)
         attn = attend_grouped(
             self.encoder_attn,
-            self._attention_input(h, self.encoder_attn_layer_norm)[0],
+            self._attention_input(h, self.encoder_attn_layer_norm),
             keys,
             values,
-            inputs.source_keep,
-            cache.source_groups(num_queries, num_groups),
-            cache.ancestry.size(0) // num_groups,
+            sources.visible,
+            sources.slots(h.size(1)),
+            sources.per_group,
         )
-        return self._close_residual(attn.unsqueeze(0), h, self.encoder_attn_layer_norm)
+        return self._close_residual(attn, h, self.encoder_attn_layer_norm)

@@ -26,8 +26,8 @@ from typing import Dict, Sequence
 import numpy as np
 
 from ..errors import HashEEError
-from .hash_functions import format_exit, parse_exit, special_symbol_mask
 from ..io_utils import atomic_write
+from .hash_functions import format_exit, parse_exit, special_symbol_mask
 
 MAGIC = "# fairseq-hashee exit table v1"
 STACKS = ("encoder", "decoder")

@@ -25,12 +25,12 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..tables import hash_functions
 from ..criterions.frozen_backbone import freeze_backbone
-from ..tables.dictionary_file import load_dictionary
 from ..errors import HashEEError
 from ..modules import flops
 from ..precision import allow_bf16_without_tpu
+from ..tables import hash_functions
+from ..tables.dictionary_file import load_dictionary
 from ..tables.recipe import SplitSides, TableOptions, recipe_from_split
 from ..tables.table_file import read_table
 
@@ -110,6 +110,14 @@ class HashEESummarizationConfig(TranslationConfig):
             "help": "CALM's decaying threshold for --decoder-exit-rule confidence: its temperature tau (CALM: 4) in "
             "lambda(t) = clip(0.9 lambda + 0.1 exp(-tau t / N)), t the decoding position; default: a constant "
             "threshold"
+        },
+    )
+    use_adapt_threshold: bool = field(
+        default=False,
+        metadata={
+            "help": "the free rule's adaptive threshold (FREE's Beta mixture estimator): refitted at the start of "
+            "each generation from the shallow confidences and shallow/deep agreement of the positions computed "
+            "deeply so far; --exit-threshold is used until the first fit"
         },
     )
     exit_threshold_decay_length: Optional[int] = field(
@@ -194,6 +202,7 @@ class HashEESummarizationTask(TranslationTask):
         if rule is None:
             rule_options = {
                 "--exit-threshold": cfg.exit_threshold,
+                "--use-adapt-threshold": cfg.use_adapt_threshold or None,
                 "--exit-patience": cfg.exit_patience,
                 "--exit-threshold-decay": cfg.exit_threshold_decay,
             }
@@ -203,6 +212,10 @@ class HashEESummarizationTask(TranslationTask):
                         f"{option}: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
                     )
             return
+        if cfg.use_adapt_threshold:
+            if not hasattr(rule, "use_adaptive_threshold"):
+                raise HashEEError(f"--use-adapt-threshold: the {rule.name} rule has no adaptive threshold (FREE's has)")
+            rule.use_adaptive_threshold(True)
         if cfg.exit_patience is not None:
             if not hasattr(rule, "set_patience"):
                 raise HashEEError(f"--exit-patience: the {rule.name} rule takes no patience (the agreement rule does)")
