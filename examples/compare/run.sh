@@ -8,7 +8,10 @@
 #
 #   bash examples/compare/run.sh [WORK_DIR]      (default: examples/compare/work)
 #
-# Knobs (environment): BASE_UPDATES, MAX_UPDATE, FROZEN_UPDATES, METHODS, TIMING_ROUNDS, BEAM.
+# Knobs (environment): BASE_UPDATES, MAX_UPDATE, FROZEN_UPDATES, METHODS, TIMING_ROUNDS, BEAM,
+# CALIBRATE (e.g. 0.01: mark each method's fastest setting certified to lose at most one ROUGE-L
+# point on average, the signed drop on the calib split; default: none), EXTRA_ARGS (more
+# hashee-compare options, e.g. "--sweep static-half=4,3,2").
 # Resumable: rerun after an interruption and finished runs are kept.
 set -euo pipefail
 
@@ -20,10 +23,13 @@ FROZEN_UPDATES=${FROZEN_UPDATES:-300}
 METHODS=${METHODS:-full,static-half,hashee-enc,hashee-encdec,calm,calm-classifier,dat,consistentee,leco,free}
 TIMING_ROUNDS=${TIMING_ROUNDS:-3}
 BEAM=${BEAM:-4}
+CALIBRATE=${CALIBRATE-}
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 
 source "$HERE/../sample/tiny.sh"
 bash "$HERE/../sample/prepare.sh" "$WORK"
 hashee-compare "$WORK/data-bin" --work-dir "$WORK/compare" --methods "$METHODS" --cpu --jobs 2 \
   --arch hashee_bart_base --model-args "$TINY_MODEL_ARGS" --train-args "$TINY_TRAIN_ARGS" \
   --base-updates "$BASE_UPDATES" --max-update "$MAX_UPDATE" --frozen-updates "$FROZEN_UPDATES" \
-  --timing-rounds "$TIMING_ROUNDS" --generate-args "--beam $BEAM $TINY_GENERATE_ARGS"
+  --timing-rounds "$TIMING_ROUNDS" --generate-args "--beam $BEAM $TINY_GENERATE_ARGS" \
+  ${CALIBRATE:+--calibrate "$CALIBRATE" --calibrate-loss drop} "${EXTRA[@]}"
