@@ -73,7 +73,7 @@ def test_main_job_prints_the_comparison_and_summaries_side_by_side(prepared, tmp
         assert -0.9 <= row["calibration"]["test_loss"] <= 0.9
         assert f"\n  {row['label']}: p " in out
     assert summary["test_documents"] == 100
-    width = max(len(row["label"]) + 2 * ("calibration" in row) for row in summary["rows"])
+    width = max([40] + [len(row["label"]) + 2 * ("calibration" in row) for row in summary["rows"]])
     for row in summary["rows"]:
         cell = row["label"] + (" *" if "calibration" in row else "")
         assert f"\n{cell:<{width}} {row['rouge1']:6.2f}" in out
