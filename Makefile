@@ -25,9 +25,12 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 # ruff.toml: pyflakes, pycodestyle, import order and the formatter's layout.
+# .importlinter: the package's layers (the core never imports tooling), checked on this
+# checkout's sources whatever the environment has installed.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH="$(CURDIR)" $(BIN)/lint-imports --no-cache
 
 # Test files run side by side (pytest-xdist), one process per core up to 4; a file's tests stay
 # in one process, so its module fixtures (a trained model, a comparison run) are built once.

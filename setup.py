@@ -20,9 +20,13 @@ setup(
         "jieba",
     ],
     # transformers is a test-only oracle (checkpoint conversion, WordPiece);
-    # hypothesis drives the fuzz tests; ruff lints and checks the layout (make lint).
+    # hypothesis drives the fuzz tests; ruff lints and checks the layout, import-linter the
+    # package's layers (make lint).
     # matplotlib only draws the benchmark's --plot.
-    extras_require={"test": ["pytest", "pytest-xdist", "transformers", "hypothesis", "ruff"], "bench": ["matplotlib"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "transformers", "hypothesis", "ruff", "import-linter"],
+        "bench": ["matplotlib"],
+    },
     entry_points={
         "console_scripts": [
             "hashee-rouge=fairseq_hashee.cli.rouge:main",

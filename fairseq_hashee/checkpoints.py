@@ -7,11 +7,18 @@ as BART), so fairseq-train/-generate/-interactive fail to load them. Rather
 than switching the restricted unpickler off, we add the few harmless classes
 fairseq needs to its allow-list; a checkpoint that smuggles in any other
 callable is still refused by torch.
+
+A file torch cannot load at all (truncated, damaged, not written by torch.save)
+gets one line naming it, the same from our commands (``load_checkpoint``) and
+from fairseq's (``name_unloadable_checkpoints``), and never torch's advice to
+turn ``weights_only`` off: the file is broken, and that advice would run
+whatever it holds.
 """
 
 import argparse
+import functools
 import os
-import pickle
+import zipfile
 from typing import Dict, Mapping
 
 import torch
@@ -21,11 +28,51 @@ from .errors import HashEEError
 # Plain data classes found in fairseq 0.12 checkpoints (model and task configs).
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
+# The first bytes of what torch.save writes: a zip archive (torch >= 1.6), or a pickle stream
+# (the legacy format of older releases, protocol 2 or above: the PROTO opcode).
+ZIP_MAGIC, PICKLE_PROTO = b"PK\x03\x04", b"\x80"
+
 
 def allow_fairseq_checkpoint_globals() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 does not restrict unpickling by default
         add(FAIRSEQ_CHECKPOINT_GLOBALS)
+
+
+# Where torch's messages turn from what is wrong to advice: what the file holds is refused or
+# damaged, so none of it applies (it is never to turn weights_only off).
+_TORCH_ADVICE = (" Please use", " This is an internal miniz error", "  (Could this error message be improved")
+
+
+def _torch_reason(err: Exception) -> str:
+    """What torch's error says is wrong, without its advice: the restricted unpickler's own
+    finding when it refused something, else the message's first line."""
+    text = str(err).strip()
+    finding = text.partition("WeightsUnpickler error:")[2].strip()
+    reason = "torch's safe loader refused it: " + finding if finding else text
+    reason = reason.splitlines()[0] if reason else ""
+    for advice in _TORCH_ADVICE:
+        reason = reason.split(advice)[0]
+    return reason.strip() if reason and "weights_only" not in reason else type(err).__name__
+
+
+def unloadable(path: str, err: Exception) -> HashEEError:
+    """The one line for a checkpoint file torch.load failed on: what the file is, from its first
+    bytes where they tell (empty, not torch's format, a zip archive cut short), else torch's reason."""
+    try:
+        with open(path, "rb") as source:
+            head = source.read(16)
+    except OSError:
+        head = PICKLE_PROTO  # unreadable here (fairseq may have given torch a local copy): torch's reason
+    if not head:
+        reason = "the file is empty"
+    elif not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
+        reason = f"not a file torch.save writes: it starts with {head!r}"
+    elif head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        reason = "truncated or damaged: the zip archive torch.save writes ends in a directory this file lacks"
+    else:
+        reason = _torch_reason(err)
+    return HashEEError(f"{path}: cannot be loaded as a fairseq checkpoint ({reason})")
 
 
 def load_checkpoint(path: str) -> Dict:
@@ -35,12 +82,44 @@ def load_checkpoint(path: str) -> Dict:
     allow_fairseq_checkpoint_globals()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HashEEError(f"{path}: cannot be loaded as a fairseq checkpoint ({reason})") from None
+    except Exception as err:  # a broken file fails anywhere in the unpickler (KeyError, EOFError, ...)
+        raise unloadable(path, err) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise HashEEError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return state
+
+
+def _raised_in_torch_load(err: Exception) -> bool:
+    traceback = err.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_code is torch.serialization.load.__code__:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def name_unloadable_checkpoints() -> None:
+    """Have fairseq's commands (fairseq-generate, -interactive, -train's --restore-file, the hub
+    interface) report a checkpoint torch cannot load as ``load_checkpoint`` does. They all load
+    through ``checkpoint_utils.load_checkpoint_to_cpu``, whose torch.load gets an open file and
+    fails with torch's message alone; only errors raised inside that torch.load are translated."""
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "_hashee", False):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            return original(path, *args, **kwargs)
+        except Exception as err:
+            if not _raised_in_torch_load(err):
+                raise
+            raise unloadable(path, err) from None
+
+    load_checkpoint_to_cpu._hashee = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:

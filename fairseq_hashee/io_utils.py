@@ -13,7 +13,10 @@ from .errors import HashEEError
 def atomic_write(path: str, encoding: str = "utf-8", binary: bool = False) -> Iterator[IO]:
     """Write ``path`` through a temporary file in the same folder, renamed on success."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # the folder, or one above it, is a file
+        raise HashEEError(f"{folder}: not a folder (a file is in the way), so {path} cannot be written") from None
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
     try:
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding) as handle:

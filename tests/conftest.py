@@ -31,6 +31,7 @@ LONGEST_FIRST = (
     "test_pipelines.py",
     "test_cli.py",
     "test_bad_inputs.py",
+    "test_free_cli.py",
     "test_cpt_cli.py",
     "test_calibrate_cli.py",
     "test_resume.py",

@@ -3,10 +3,15 @@ stderr, starting with ``error:``, naming the file, line or option at fault, and
 no checkpoint written. (Options refused by argparse itself, such as an unknown
 hash type, are in test_cli.py.)"""
 
+import re
 import shutil
 
 import pytest
 from test_cli import LAYERS, _one_error_line, generate, train
+
+from fairseq_hashee.checkpoints import load_checkpoint
+from fairseq_hashee.errors import HashEEError
+from fairseq_hashee.io_utils import atomic_write
 
 from helpers import USER_DIR, run_cli
 
@@ -172,3 +177,54 @@ def test_checkpoint_of_another_vocabulary_names_both_sizes(data_bin, text_corpus
 def test_unknown_exit_implementation_is_refused(data_bin, tmp_path):
     proc = train(data_bin, tmp_path, "--exit-impl", "fast", check=False)
     assert proc.returncode != 0 and "argument --exit-impl: invalid choice: 'fast'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def unloadable_checkpoints(data_bin, tmp_path_factory):
+    """A checkpoint cut in half (a copy interrupted, a disk full) and a text file given as one."""
+    root = tmp_path_factory.mktemp("unloadable")
+    train(data_bin, root, "--max-update", 1, "--no-epoch-checkpoints")
+    whole = (root / "checkpoint_last.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (root / "notes.pt").write_text("gpu hours: 12\nloss: 3.2\n")  # 'g' is pickle's opcode 103
+    return root
+
+
+def _fairseq_command(tool, data_bin, checkpoint):
+    options = ["--path", checkpoint, "--user-dir", USER_DIR, "--task", "hashee_summarization", "-s", "src", "-t", "tgt"]
+    return run_cli(tool, data_bin, *options, "--cpu", check=False)
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "notes.pt"])
+def test_an_unloadable_checkpoint_gets_the_same_line_from_every_command(
+    unloadable_checkpoints, data_bin, tmp_path, name
+):
+    """fairseq's commands load checkpoints through their own torch.load: the plugin names the file
+    as hashee-calibrate and hashee-compare do, never with torch's advice to turn weights_only off."""
+    checkpoint = unloadable_checkpoints / name
+    with pytest.raises(HashEEError) as ours:
+        load_checkpoint(str(checkpoint))
+    expected = f"error: {ours.value}"
+    assert str(ours.value).startswith(f"{checkpoint}: cannot be loaded as a fairseq checkpoint (")
+    for tool in ("fairseq_cli.generate", "fairseq_cli.interactive"):
+        proc = _fairseq_command(tool, data_bin, checkpoint)
+        assert _one_error_line(proc) == expected, tool
+        assert "weights_only" not in proc.stderr, tool
+    proc = run_cli("fairseq_hashee.cli.calibrate", checkpoint, data_bin, check=False)
+    assert _one_error_line(proc) == expected
+    proc = train(data_bin, tmp_path / "resumed", "--restore-file", checkpoint, "--max-update", 1, check=False)
+    assert _one_error_line(proc) == expected
+    assert not list((tmp_path / "resumed").glob("*.pt"))
+
+
+def test_sample_data_into_an_existing_file(tmp_path):
+    out = tmp_path / "corpus"
+    out.write_text("keep me\n")
+    proc = run_cli("fairseq_hashee.cli.sample_data", out, check=False)
+    assert f"{out}: exists and is not a folder" in _one_error_line(proc)
+    assert out.read_text() == "keep me\n"
+    # ... and any command writing below a file: one line, the file untouched
+    with pytest.raises(HashEEError, match="^" + re.escape(f"{out}: not a folder (a file is in the way)")):
+        with atomic_write(str(out / "train.src")):
+            pass
+    assert out.read_text() == "keep me\n"

@@ -186,6 +186,13 @@ def test_plot_draws_or_says_what_it_needs(tmp_path):
         (["--configs", "stock,bogus"], "error: --configs: unknown bogus; expected some of stock, no-exits"),
         (["--decoding", "greedy"], "error: --decoding: expected forced, free or both, got 'greedy'"),
         (["--gen-batch-size", "1,x"], "error: --gen-batch-size: expected comma-separated integers, got '1,x'"),
+        (
+            # saturation decides from layer 2 and no rule at the top: nothing to set its threshold from
+            ["--model-args", TINY.replace("decoder_layers=3", "decoder_layers=2"), "--vocab-size", "100"]
+            + ["--configs", "calm-saturation", "--src-len", "8", "--batch-size", "1", "--gen-src-len", "8"],
+            "error: --configs: calm-saturation: the saturation confidence rule decides at no layer below the top "
+            "of this 2-layer decoder",
+        ),
     ],
 )
 def test_bad_options_are_refused_in_one_line(argv, message):

@@ -39,9 +39,10 @@ def calibrate(checkpoint, data, *extra, check=True):
 def test_chooses_the_last_certified_threshold(softmax_model, data_bin, tmp_path):
     out = tmp_path / "calibration.json"
     proc = calibrate(softmax_model, data_bin, "--grid", "0,1,0.5", "--max-examples", 6, "--delta", 0.5,
-                     "--json", out, "--work-dir", tmp_path / "work")  # fmt: skip
+                     "--p-value", "hb", "--json", out, "--work-dir", tmp_path / "work")  # fmt: skip
     summary = json.loads(out.read_text())
     assert summary["examples"] == 6 and summary["option"] == "--exit-threshold" and summary["subset"] == "valid"
+    assert (summary["loss"], summary["metric"], summary["p_value"]) == ("textual", "rougeL", "hb")
     candidates = summary["candidates"]
     assert [c["value"] for c in candidates] == ["1", "0.5", "0"]  # safest first
     # threshold 1 never exits before the top layer: full depth's summaries, no loss, p = 0.5^6 < 0.1
@@ -53,10 +54,31 @@ def test_chooses_the_last_certified_threshold(softmax_model, data_bin, tmp_path)
     assert [c["certified"] for c in candidates] == [i <= chosen for i in range(3)]
     assert summary["generate_options"] == ["--exit-threshold", summary["chosen"]]
     assert f"fairseq-generate options: --exit-threshold {summary['chosen']}\n" in proc.stdout
-    assert f"chosen: --exit-threshold {summary['chosen']} (textual consistency loss at most 0.5" in proc.stdout
+    assert f"chosen: --exit-threshold {summary['chosen']} (expected textual consistency (1 - ROUGE-L" in proc.stdout
     # the calibration split's first 6 examples, generated once at full depth and once per value
     assert (tmp_path / "work" / "full" / "generate.out").read_text().count("D-") == 6
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["data", "full", "value-0", "value-0.5", "value-1"]
+
+
+def test_a_users_model_overrides_reach_every_run(softmax_model, data_bin, tmp_path):
+    """--model-overrides in --generate-args: the candidates take them as they are and the full-depth
+    reference adds decoder_exit_rule none to them (it used to replace them)."""
+    overrides = "--model-overrides \"{'exit_impl': 'masked'}\""
+    calibrate(softmax_model, data_bin, "--generate-args", f"{GENERATE} {overrides}", "--grid", "1",
+              "--max-examples", 2, "--work-dir", tmp_path / "work")  # fmt: skip
+    logged = {
+        run: re.search(r"'model_overrides': '([^']*)'", (tmp_path / "work" / run / "generate.log").read_text())
+        for run in ("full", "value-1")
+    }
+    assert logged["full"] is not None and logged["value-1"] is not None
+    assert json.loads(logged["full"].group(1)) == {"exit_impl": "masked", "decoder_exit_rule": "none"}
+    assert json.loads(logged["value-1"].group(1)) == {"exit_impl": "masked"}
+    # ... and overrides that set the rule, which hashee-calibrate sets itself, are refused before any run
+    rule = '--model-overrides \'{"decoder_exit_rule": "none"}\''
+    args = parse_args([str(softmax_model), str(data_bin), "--generate-args", rule, "--work-dir", str(tmp_path / "no")])
+    with pytest.raises(HashEEError, match="^--generate-args: --model-overrides sets decoder_exit_rule, which"):
+        run(args)
+    assert not (tmp_path / "no").exists()
 
 
 def test_bad_options_are_refused_in_one_line(softmax_model, data_bin, tmp_path):
@@ -66,6 +88,8 @@ def test_bad_options_are_refused_in_one_line(softmax_model, data_bin, tmp_path):
         (["--epsilon", "0"], "--epsilon: must be strictly between 0 and 1, got 0"),
         (["--grid", "0.5,abc"], "--grid: --exit-threshold 'abc' is not a number in 0.0..1.0"),
         (["--subset", "nosuch"], f"--subset: {data_bin / 'nosuch.src-tgt.src.idx'} missing"),
+        (["--calibration-subset", "calib"], f"--subset: {data_bin / 'calib.src-tgt.src.idx'} missing"),
+        (["--loss", "drop", "--delta", "1"], "--delta: must be strictly between 0 and 1, got 1.0"),
         (["--max-examples", "0"], "--max-examples: must be at least 1, got 0"),
     ):
         args = parse_args([str(softmax_model), str(data_bin), "--work-dir", str(tmp_path / "work"), *options])
@@ -86,7 +110,16 @@ def test_a_model_without_a_knob_and_an_empty_split_are_refused(softmax_model, da
     assert f"--subset: valid of {tmp_path / 'empty'} has no examples to calibrate on" in _one_error_line(proc)
     # hashee-compare --calibrate checks the same before anything trains
     methods = list(build_methods(2, 2).values())
-    args = argparse.Namespace(calibrate="0.2", calibrate_grid=["calm=0.2,0.9"], calibrate_loss="textual")
-    assert settings(args, data_bin, ("src", "tgt"), methods) == Settings(0.2, 0.1, "textual", {"calm": ["0.9", "0.2"]})
-    with pytest.raises(HashEEError, match=f"^--calibrate: the valid split of {re.escape(str(tmp_path))}/empty has no"):
+    args = argparse.Namespace(
+        calibrate="0.2",
+        calibrate_grid=["calm=0.2,0.9"],
+        calibrate_loss="drop",
+        calibrate_metric="rouge2",
+        calibrate_p_value="hb",
+        calibration_subset=None,
+    )
+    expected = Settings(0.2, 0.1, "drop", {"calm": ["0.9", "0.2"]}, "rouge2", "hb", "valid")
+    assert settings(args, data_bin, ("src", "tgt"), methods) == expected
+    message = f"^--calibration-subset: valid of {re.escape(str(tmp_path))}/empty has no examples to calibrate on"
+    with pytest.raises(HashEEError, match=message):
         settings(args, tmp_path / "empty", ("src", "tgt"), methods)

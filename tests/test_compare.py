@@ -171,31 +171,39 @@ def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
     options = ["--methods", METHODS, "--base-updates", 8, "--max-update", 4, "--frozen-updates", 2]
     options += ["--sweep", "calm=0.5", "--sweep", "leco=0", "--jobs", 2, "--calibrate", "0.5"]
     options += ["--calibrate-grid", "calm=0,1,0.5"]  # the default, 11 thresholds: tests/test_compare_methods.py
+    options += ["--calibrate-p-value", "hb"]  # recomputable from the mean loss (WSR: tests/test_main_job.py)
     proc = compare(data_bin, work, *options)
     assert proc.stdout.count("finished before") == 6  # no training for calibration
-    assert "at delta 0.5 (epsilon 0.1; risk consistency against full depth, calibrated on 10 valid examples):" in (
-        proc.stdout
-    )
+    assert (
+        "* at delta 0.5 (epsilon 0.1; expected risk consistency (ROUGE-L lost against the reference, clipped at 0); "
+        "hb p-values on 10 valid examples), the fastest value certified per method:"
+    ) in proc.stdout
     summary = json.loads((work / "compare.json").read_text())
     decisions = {d["method"]: d for d in summary["calibration"]}
     assert list(decisions) == ["static-half", "hashee-encdec", "calm", "leco"]
-    assert [c["value"] for c in decisions["calm"]["candidates"]] == ["1", "0.5", "0"]  # safest first
+    # safest first, up to the first that is not certified (the rest are neither tested nor generated)
+    calm = [c["value"] for c in decisions["calm"]["candidates"]]
+    assert calm == ["1", "0.5", "0"][: len(calm)]
+    assert sorted(p.name for p in (work / "calibrate").iterdir() if p.name.startswith("calm")) == sorted(
+        f"calm-{value}" for value in calm
+    )
     assert [c["value"] for c in decisions["static-half"]["candidates"]] == ["default"]
     rows = {row["label"]: row for row in summary["rows"]}
+    assert len(rows) == len(summary["rows"])  # a certified row is never a second copy
+    added = 0
     for decision in decisions.values():
+        assert (decision["loss"], decision["metric"], decision["p_value"]) == ("risk", "rougeL", "hb")
         p_values = [c["p_value"] for c in decision["candidates"]]
         for candidate in decision["candidates"]:
             assert candidate["p_value"] == pytest.approx(ltt.hb_p_value(candidate["mean_loss"], 10, 0.5))
         chosen = ltt.fixed_sequence(p_values, 0.1)
+        assert all(p <= 0.1 for p in p_values[:-1])  # testing stopped at the last one listed, or certified all
         assert decision["chosen"] == (None if chosen is None else decision["candidates"][chosen]["value"])
-        calibrated = [row for row in rows.values() if row["method"] == decision["method"] and "calibration" in row]
-        assert len(calibrated) == (chosen is not None)
-        for row in calibrated:
-            assert row["label"].endswith(", at delta 0.5") and 0 <= row["calibration"]["test_loss"] <= 1
-            if "same_as" in row:  # a value the comparison ran anyway: one generation, one set of timings
-                original = rows[row["same_as"]]
-                assert (row["seconds"], row["wall_x"], row["rougeL"]) == (
-                    original["seconds"],
-                    original["wall_x"],
-                    original["rougeL"],
-                )
+        marked = [row for row in rows.values() if row["method"] == decision["method"] and "calibration" in row]
+        assert len(marked) == (chosen is not None)
+        for row in marked:
+            assert row["value"] == (None if decision["chosen"] == "default" else decision["chosen"])
+            assert row["calibration"]["p_value"] == p_values[chosen] and 0 <= row["calibration"]["test_loss"] <= 1
+            assert f"\n{row['label'] + ' *':<40} {row['rouge1']:6.2f}" in proc.stdout
+            added += row["label"] not in ROWS  # a CALM threshold the comparison did not run: a row of its own
+    assert len(rows) == len(ROWS) + added

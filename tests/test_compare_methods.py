@@ -6,13 +6,15 @@ import re
 import pytest
 import torch
 
+from fairseq_hashee.calibration.ltt import calibrate
 from fairseq_hashee.compare import runs
-from fairseq_hashee.compare.calibrated import CalibratedPoint, candidates, settings
+from fairseq_hashee.compare.calibrated import Decision, add_rows, candidates, settings
 from fairseq_hashee.compare.methods import (
     COMBINED_PARTS,
     DEFAULT_METHOD_KEYS,
     Point,
     build_methods,
+    check_generate_options,
     select_methods,
     sweep_points,
 )
@@ -25,7 +27,8 @@ def test_a_generation_knob_shares_one_trained_model():
     points = sweep_points(METHODS["calm"])
     assert [p.label for p in points] == [f"CALM (softmax), threshold {v}" for v in ("0.9", "0.8", "0.6")]
     assert {p.stages for p in points} == {METHODS["calm"].stages}
-    assert points[0].generate_options == ["--exit-threshold", "0.9"]
+    # CALM's decaying threshold (tau 4), as the paper ran CNN/DM
+    assert points[0].generate_options == ["--exit-threshold-decay", "4", "--exit-threshold", "0.9"]
 
 
 def test_a_trained_knob_trains_one_run_per_value_from_the_shared_backbone():
@@ -130,6 +133,20 @@ def test_a_combined_method_with_an_unknown_part_is_refused(key, message):
         select_methods(METHODS, ["full", key])
 
 
+def test_static_depth_trains_one_run_per_decoder_depth():
+    (half,) = sweep_points(METHODS["static-half"])
+    assert half.label == "static half depth" and half.stages[-1].name == "static-half"
+    assert half.stages[-1].options[:4] == ("--encoder-layers", "2", "--decoder-layers", "2")
+    three, one = sweep_points(METHODS["static-half"], ["3", "1"])
+    assert three.label == "static half depth, decoder layers 3" and three.stages[-1].name == "static-half-3"
+    # the knob's value comes last, so fairseq-train keeps it over the half depth before it
+    assert three.stages[-1].options[-2:] == ("--decoder-layers", "3") and three.generate_options == []
+    with pytest.raises(
+        HashEEError, match=re.escape("--sweep static-half: --decoder-layers '5' is not an integer in 1..4")
+    ):
+        sweep_points(METHODS["static-half"], ["5"])
+
+
 def test_patience_stays_below_the_decoder_depth():
     assert build_methods(4, 3)["leco"].sweep == ("1", "0")
     assert set(build_methods(4, 1)) == {"full", "hashee-enc"}
@@ -179,11 +196,36 @@ def test_calibration_candidates_are_ordered_safest_first():
     assert [p.value for p in candidates(METHODS["consistentee"], alphas)] == ["2", "5", "10"]  # least depth cost first
     buckets = [Point(METHODS["hashee-encdec"], "2"), Point(METHODS["hashee-encdec"])]
     assert [p.value for p in candidates(METHODS["hashee-encdec"], buckets)] == [None, "2"]  # every layer first
-    assert CalibratedPoint(METHODS["calm"], "0.6", 0.1).label == "CALM (softmax), threshold 0.6, at delta 0.1"
+    # static depth's row without a value keeps half the decoder (2 of 4): between 3 and 1 layers
+    depths = [Point(METHODS["static-half"], "1"), Point(METHODS["static-half"]), Point(METHODS["static-half"], "3")]
+    assert [p.value for p in candidates(METHODS["static-half"], depths)] == ["3", None, "1"]
 
 
-def _calibrate_args(calibrate, *grids):
-    return argparse.Namespace(calibrate=calibrate, calibrate_grid=list(grids), calibrate_loss="risk")
+def test_a_certified_value_marks_its_row_or_adds_one():
+    points = [Point(METHODS["full"]), Point(METHODS["static-half"], "3"), Point(METHODS["calm"], "0.9")]
+    static = Decision(METHODS["static-half"], points[1:2], calibrate(["3"], [[0.0] * 30], 0.5, 0.1))
+    calm_tested = [Point(METHODS["calm"], "1"), Point(METHODS["calm"], "0.5")]
+    calm = Decision(METHODS["calm"], calm_tested, calibrate(["1", "0.5"], [[0.0] * 30] * 2, 0.5, 0.1))
+    assert static.point == points[1] and calm.point == Point(METHODS["calm"], "0.5")
+    add_rows([static, calm], points)
+    # the static row is the comparison's own (no second copy); CALM's certified threshold is a row of its own
+    assert [p.label for p in points] == [
+        "full depth",
+        "static half depth, decoder layers 3",
+        "CALM (softmax), threshold 0.9",
+        "CALM (softmax), threshold 0.5",
+    ]
+
+
+def _calibrate_args(calibrate, *grids, subset=None):
+    return argparse.Namespace(
+        calibrate=calibrate,
+        calibrate_grid=list(grids),
+        calibrate_loss="risk",
+        calibrate_metric="rougeL",
+        calibrate_p_value="wsr",
+        calibration_subset=subset,
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,15 +247,80 @@ def test_calibrate_options_are_checked_before_the_data(tmp_path, calibrate, grid
     assert settings(_calibrate_args(None), tmp_path, ("src", "tgt"), methods) is None
 
 
-def test_dat_trains_on_its_own_uniformly_weighted_backbone():
-    """DAT's aligned training weighs the exits alike; CALM's backbone weighs layer i by i."""
-    backbone, halting = METHODS["dat"].stages
+def test_a_missing_calibration_split_is_refused(tmp_path):
+    methods = [METHODS[key] for key in ("full", "calm")]
+    for subset, name in ((None, "valid"), ("calib", "calib")):  # no calib split: valid is the default
+        message = f"--calibration-subset: {tmp_path / f'{name}.src-tgt.src.idx'} missing"
+        with pytest.raises(HashEEError, match="^" + re.escape(message)):
+            settings(_calibrate_args("0.1", subset=subset), tmp_path, ("src", "tgt"), methods)
+
+
+def test_dat_trains_as_its_paper_on_its_own_uniformly_weighted_backbone():
+    """DAT's aligned training weighs the exits alike (the alpha-0 phase), then the decoder and the halting
+    classifiers train together on the correctness oracle; CALM's backbone weighs layer i by i."""
+    backbone, joint = METHODS["dat"].stages
     assert backbone.name == "dat-backbone" and backbone.start == "start" and not backbone.frozen
     assert backbone.options[-2:] == ("--exit-loss-weights", "uniform")
     assert "--decoder-exit-rule" not in backbone.options
-    assert halting.start == "dat-backbone" and halting.frozen
-    assert halting.options[-2:] == ("--dat-oracle-smoothing", "1")
+    assert joint.name == "dat-joint" and joint.start == "dat-backbone" and joint.frozen
+    assert _option(joint, "--criterion") == "dat_joint" and _option(joint, "--dat-oracle") == "correctness"
+    assert _option(joint, "--decoder-exit-rule") == "dat-halting" and "--dat-oracle-smoothing" not in joint.options
     assert (
         METHODS["calm"].stages[0].name == "multi-exit"
         and "--exit-loss-weights" not in METHODS["calm"].stages[0].options
     )
+    assert sweep_points(METHODS["dat"])[0].generate_options == ["--exit-threshold", "0.7"]
+
+
+def _option(stage, name):
+    return stage.options[stage.options.index(name) + 1]
+
+
+def test_calm_rows_are_trained_and_decoded_as_its_authors_ran_them():
+    """CALM's backbone without label smoothing (t5x's), which ConsistentEE shares; DAT's and LECO's keep
+    fairseq's 0.1. Its classifier measure is its own row: the classifier trained on the frozen backbone,
+    both rows with the decaying threshold."""
+    (backbone,) = METHODS["calm"].stages
+    assert _option(backbone, "--label-smoothing") == "0" and _option(backbone, "--exit-confidence") == "softmax"
+    assert METHODS["consistentee"].stages[0] == backbone
+    assert _option(METHODS["dat"].stages[0], "--label-smoothing") == "0.1"
+    assert _option(METHODS["leco"].stages[-1], "--label-smoothing") == "0.1"
+    shared, classifier = METHODS["calm-classifier"].stages
+    assert shared == backbone and classifier.start == "multi-exit" and classifier.frozen
+    assert _option(classifier, "--criterion") == "calm_exit_classifier"
+    assert _option(classifier, "--exit-confidence") == "classifier"
+    points = sweep_points(METHODS["calm-classifier"])
+    assert [p.label for p in points] == [f"CALM (classifier), threshold {v}" for v in ("0.9", "0.8", "0.6")]
+    assert points[-1].generate_options == ["--exit-threshold-decay", "4", "--exit-threshold", "0.6"]
+    assert list(METHODS).index("calm-classifier") == list(METHODS).index("calm") + 1
+
+
+@pytest.mark.parametrize(
+    "generate, refused",
+    [
+        (["--max-len-b", "48"], False),
+        (["--max-len-a", "0", "--max-len-b", "48"], False),
+        (["--max-len-a", "1.2", "--max-len-b", "48"], True),
+        (["--max-len-a", "1.2", "--exit-threshold-decay-length", "64"], False),
+    ],
+)
+def test_the_decaying_threshold_needs_a_fixed_length(generate, refused):
+    calm = sweep_points(METHODS["calm"], ["0.9"])
+    if not refused:
+        check_generate_options(calm, generate)
+        return
+    message = "--generate-args: --max-len-a 1.2: calm@0.9 decays its threshold over the generation's length"
+    with pytest.raises(HashEEError, match="^" + re.escape(message)):
+        check_generate_options(calm, generate)
+    check_generate_options(sweep_points(METHODS["dat"]), generate)  # no decaying threshold: nothing to check
+
+
+def test_free_trains_its_own_shallow_deep_decoder_and_sweeps_its_threshold_at_generation():
+    (stage,) = METHODS["free"].stages
+    assert stage.start == "start" and not stage.frozen and stage.name == "free"
+    assert "--decoder-exit-rule" in stage.options and "free_shallow_deep" in stage.options
+    points = sweep_points(METHODS["free"])
+    assert [p.value for p in points] == ["0.9", "0.7", "0.5"]  # the released 0.9 and lower
+    assert {p.stages for p in points} == {METHODS["free"].stages}  # one model, the threshold at generation
+    assert points[0].generate_options == ["--exit-threshold", "0.9"]
+    assert [p.value for p in candidates(METHODS["free"], [])][:2] == ["1", "0.9"]

@@ -179,6 +179,20 @@ def test_policies_start_fresh_only_when_training():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in fresh.items())
 
 
+@pytest.mark.parametrize("updates", [0, 1, 20, 100])
+def test_epsilon_decays_as_the_released_llama_code_did(updates):
+    """The LLaMA code's epsilon is EPS_END + (EPS_START - EPS_END) exp(-steps_done / EPS_DECAY) with 0.1, 0 and
+    20000, and steps_done advances once per layer (32) per micro-batch (32 per update: batch 128, micro-batch
+    4): after ``updates`` updates, steps_done = 1024 * updates. The criterion's default decays alike."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, decoder_exit_rule="consistentee")
+    criterion = ConsistentEEPolicyCriterion(TinyTask(dictionary), consistentee_exploration="epsilon")
+    model.decoder.exit_rule.set_num_updates(updates)
+    with criterion._exploring(model, dropout=False):
+        epsilon = model.decoder.exit_rule.epsilon
+    assert epsilon == pytest.approx(0.0 + (0.1 - 0.0) * math.exp(-1.0 * (32 * 32 * updates) / 20000), rel=1e-9)
+
+
 def test_explorations_by_hand():
     greedy = torch.tensor([True, False, True, True])
     explore_draw = torch.tensor([0.05, 0.5, 0.01, 0.9])  # below epsilon 0.1 at positions 0 and 2: a coin decides

@@ -157,18 +157,36 @@ def test_bf16_with_weight_decay_leaves_a_frozen_backbone_bit_identical(calm, dat
     assert changed and all(k.startswith("decoder.exit_rule.") for k in changed), changed
 
 
-@pytest.mark.parametrize("rule", ["dat-halting", "dat-multinomial"])
-def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule):
+DAT_FROZEN = ["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05, "--dat-oracle-smoothing", 1]
+# the paper's training: the decoder with the classifiers, on the correctness oracle
+DAT_JOINT = ["--criterion", "dat_joint", "--label-smoothing", 0.1, "--dat-oracle", "correctness"]
+
+
+@pytest.mark.parametrize(
+    "rule, criterion",
+    [("dat-halting", DAT_FROZEN), ("dat-multinomial", DAT_FROZEN), ("dat-halting", DAT_JOINT)],
+    ids=["halting", "multinomial", "halting-joint"],
+)
+def test_dat_trains_on_oracle_exits_and_generates(calm, data_bin, tmp_path, rule, criterion):
     root, _, _ = calm
     backbone = root / "backbone" / "checkpoint_last.pt"  # multi-exit trained
     proc = train(
         data_bin, tmp_path, "--decoder-exit-rule", rule, "--restore-file", backbone,
-        *RESET, "--max-update", 10,
-        criterion=["--criterion", "dat_exit_classifier", "--dat-oracle-penalty", 0.05, "--dat-oracle-smoothing", 1],
+        *RESET, "--max-update", 10, criterion=criterion,
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert "not using the checkpoint's exit rule parameters: decoder.exit_rule.meta_classifier" in log
     assert '"oracle_exit"' in log
+    if criterion is DAT_JOINT:  # every layer's loss and the exit loss, the backbone trained too
+        assert '"exit_loss"' in log and '"loss_layer1"' in log
+        import torch
+
+        import fairseq_hashee  # noqa: F401  (lets torch.load read fairseq checkpoints)
+
+        before = torch.load(backbone, map_location="cpu")["model"]
+        after = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+        key = "decoder.layers.0.fc1.weight"
+        assert not torch.equal(before[key], after[key])
     threshold = ["--exit-threshold", 0.5] if rule == "dat-halting" else []
     generated = generate(data_bin, tmp_path / "checkpoint_last.pt", *threshold)
     assert _hypotheses(generated)

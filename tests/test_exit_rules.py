@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_flops import _measured
 
+from fairseq_hashee.errors import HashEEError
 from fairseq_hashee.exits.heads import HEAD_ARCHS
 from fairseq_hashee.exits.rules import rule_scores
 from fairseq_hashee.modules import flops
@@ -273,6 +274,24 @@ def test_saturation_decides_from_layer_2():
     rule.min_layer = 1
     scores = rule_scores(model, src, src_lengths, prev)  # calibrated on the layers it decides at: 2..L-1
     assert scores.numel() == int(live.sum()) * (LAYERS - 2)
+
+
+@pytest.mark.parametrize(
+    "rule, layers, min_layer, option",
+    [
+        ("saturation", 2, 1, "--exit-confidence saturation (it decides from layer 2)"),
+        ("softmax", LAYERS, LAYERS, f"--exit-min-layer {LAYERS}"),
+    ],
+)
+def test_rule_scores_refuse_a_decoder_where_the_rule_decides_nowhere(rule, layers, min_layer, option):
+    """No layer below the top to score: one error line naming the option, not torch's empty cat."""
+    model = build_hashee(tiny_dictionary(), layers=layers, decoder_exit_rule="confidence", exit_confidence=rule)
+    model.decoder.exit_rule.min_layer = min_layer
+    src, src_lengths, prev = random_batch(model.decoder.dictionary, torch.Generator().manual_seed(0))
+    with pytest.raises(HashEEError, match="no layer below the top") as refused:
+        rule_scores(model, src, src_lengths, prev)
+    assert str(refused.value).startswith(f"{option}: the {rule} confidence rule decides at no layer below the top")
+    assert f"this {layers}-layer decoder" in str(refused.value)
 
 
 def test_decaying_threshold_on_hand_computed_values():

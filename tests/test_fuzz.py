@@ -196,6 +196,39 @@ def test_safetensors_reader(valid_safetensors, tmp_path, ops):
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
 
 
+@pytest.fixture(scope="module")
+def valid_checkpoint(tmp_path_factory):
+    import argparse
+
+    path = tmp_path_factory.mktemp("fuzz") / "checkpoint.pt"
+    state = {"model": {"w": torch.randn(3, 4), "b": torch.arange(5)}, "args": argparse.Namespace(arch="tiny")}
+    torch.save({**state, "optimizer_history": [{"num_updates": 3}]}, path)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(ops=edits)
+def test_checkpoint_loader(valid_checkpoint, tmp_path, ops):
+    """Ours (hashee-compare, hashee-calibrate) and fairseq's, through the plugin's hook: a file
+    torch cannot load gets the same line from both, never torch's advice about weights_only."""
+    from fairseq import checkpoint_utils
+
+    from fairseq_hashee.checkpoints import load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(mutate(valid_checkpoint, ops))
+    try:
+        state = load_checkpoint(str(path))
+    except HashEEError as err:
+        assert "\n" not in str(err) and str(err).startswith(f"{path}: ") and "weights_only" not in str(err)
+        if "cannot be loaded" in str(err):
+            with pytest.raises(HashEEError) as theirs:
+                checkpoint_utils.load_checkpoint_to_cpu(str(path))
+            assert str(theirs.value) == str(err)
+        return
+    assert isinstance(state["model"], dict)
+
+
 RAW = __import__("pathlib").Path(__file__).parent / "data" / "raw"
 # One file per release whose bytes get fuzzed (the others stay valid).
 RAW_TARGETS = [

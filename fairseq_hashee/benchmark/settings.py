@@ -22,7 +22,7 @@ from .. import models as hashee_models
 from ..checkpoints import load_model_state
 from ..errors import HashEEError
 from ..exits import build_exit_rule
-from ..exits.rules import rule_scores
+from ..exits.rules import rule_scores, scored_layers
 from ..tables.recipe import SplitSides, TableOptions, TableRecipe, recipe_from_split
 from ..tables.token_stats import TokenStats
 
@@ -262,6 +262,19 @@ def configs(models: Models, setting: Setting, wanted: List[str]) -> List[str]:
         and (setting.other_methods or c not in OTHER_METHODS)
         and (setting.decoding != "free" or c in FREE_DECODING_CONFIGS)
     ]
+
+
+def check_rule_configs(models: Models, wanted: List[str]) -> None:
+    """Refuse, before anything is measured, a wanted rule that decides at no layer below the top
+    of this decoder: its row would be the model without a rule, and rule_scores has nothing to
+    set its threshold from."""
+    depth = models.hashee.decoder.num_layers
+    for key, config in CONFIG_KEYS.items():
+        if config in wanted and config in models.rules and not scored_layers(models.rules[config], depth):
+            raise HashEEError(
+                f"--configs: {key}: the {models.rules[config].name} rule decides at no layer below the top of "
+                f"this {depth}-layer decoder; leave {key} out of --configs"
+            )
 
 
 def set_tables(hashee, encoder: Optional[np.ndarray], decoder: Optional[np.ndarray]) -> None:

@@ -44,6 +44,7 @@ from ..benchmark.settings import (
     Inputs,
     Setting,
     build_models,
+    check_rule_configs,
     chosen_configs,
     exit_tables,
     synthetic_dictionary,
@@ -142,6 +143,7 @@ def run(args) -> dict:
     with measure.resident_set_follows_live_memory(device):
         dictionary = _dictionary(args)
         models = build_models(args, dictionary, max(src_lens + [args.gen_src_len]))
+        check_rule_configs(models, args.configs)
         hashee = models.hashee
         tables = exit_tables(args, hashee, dictionary)
         for module in (models.hashee, models.stock, models.half, *models.rules.values()):

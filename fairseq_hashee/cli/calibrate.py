@@ -1,8 +1,10 @@
 """Calibrate an exit rule's knob so that the quality lost against full depth stays within delta.
 
-    hashee-calibrate CHECKPOINT DATA_BIN --delta 0.1 --epsilon 0.1 [--loss textual|risk] [--subset valid]
+    hashee-calibrate CHECKPOINT DATA_BIN --delta 0.1 --epsilon 0.1 [--loss textual|risk|drop] [--metric rougeL]
+                     [--p-value wsr|hb] [--subset calib]
 
-Generates the calibration split (``--subset``) once at full depth and once per
+Generates the calibration split (``--subset``: ``calib`` when the data has it,
+else ``valid``) once at full depth and once per
 candidate value of the checkpoint rule's knob (``--exit-threshold``, or
 ``--exit-patience`` for the agreement rule), with fairseq-generate as the
 comparison runs it, and picks the fastest value that Learn-then-Test certifies
@@ -14,23 +16,28 @@ writes all of it.
 """
 
 import argparse
+import ast
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 from ..calibration.knobs import checkpoint_knob
-from ..calibration.losses import LOSSES, losses
+from ..calibration.losses import RANGES, describe, losses
 from ..calibration.ltt import Calibration, calibrate, check_level
-from ..calibration.split import count_examples, first_examples
+from ..calibration.options import add_options
+from ..calibration.split import calibration_subset, first_examples
 from ..checkpoints import load_checkpoint
 from ..compare.runs import Data, generate, save_json
 from ..errors import HashEEError, install_one_line_errors
 from .compare import DEFAULT_GENERATE
 
-# The checkpoint's model without its rule: every position runs every decoder layer.
-FULL_DEPTH = ["--model-overrides", '{"decoder_exit_rule": "none"}']
+MODEL_OVERRIDES = "--model-overrides"
+# The full-depth reference is the checkpoint's model without its rule: every position runs every
+# decoder layer. The candidates keep the rule, so hashee-calibrate sets this key and nobody else.
+RULE_OFF = {"decoder_exit_rule": "none"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("data", help="binarized data (fairseq-preprocess) holding the calibration split")
     parser.add_argument("--delta", type=float, default=0.1, help="the expected loss tolerated, in (0, 1)")
     parser.add_argument("--epsilon", type=float, default=0.1, help="the probability the guarantee may fail, in (0, 1)")
-    parser.add_argument(
-        "--loss",
-        choices=LOSSES,
-        default="textual",
-        help="textual: 1 - ROUGE-L against full depth's summary; risk: ROUGE-L lost against the reference",
-    )
-    parser.add_argument("--subset", default="valid", help="the calibration split (not the split you report on)")
+    add_options(parser, "", default_loss="textual", subset_options=("--subset", "--calibration-subset"))
     parser.add_argument("--max-examples", type=int, help="calibrate on the split's first N examples only")
     parser.add_argument("--grid", help="candidate values, comma-separated (default: the knob's whole range)")
     parser.add_argument("-s", "--source-lang", help="source language suffix (default: the checkpoint's)")
@@ -61,6 +62,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def split_model_overrides(generate_args: str) -> Tuple[List[str], Dict]:
+    """``--generate-args`` as the options but ``--model-overrides``, and the overrides they give
+    (a dict, read as fairseq-generate reads it; the last given wins, as there). The full-depth run
+    adds RULE_OFF to them and every candidate takes them as they are, so the two generate the
+    same model but for its rule; overrides that set the rule themselves are refused."""
+    tokens, rest, text = shlex.split(generate_args), [], None
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token == MODEL_OVERRIDES:
+            if index + 1 == len(tokens):
+                raise HashEEError(f"--generate-args: {MODEL_OVERRIDES} needs a value")
+            text, index = tokens[index + 1], index + 2
+            continue
+        if token.startswith(MODEL_OVERRIDES + "="):
+            text = token.partition("=")[2]
+        else:
+            rest.append(token)
+        index += 1
+    if text is None:
+        return rest, {}
+    try:
+        overrides = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise HashEEError(
+            f"--generate-args: {MODEL_OVERRIDES} expects a Python dict of model options, e.g. "
+            f"\"{{'exit_impl': 'masked'}}\", got {text!r}"
+        )
+    for key, value in RULE_OFF.items():
+        if key in overrides:
+            raise HashEEError(
+                f"--generate-args: {MODEL_OVERRIDES} sets {key}, which hashee-calibrate sets itself (the "
+                f"checkpoint's rule for the candidates, {value!r} for the full-depth reference)"
+            )
+    return rest, overrides
+
+
+def overrides_option(overrides: Dict) -> List[str]:
+    """``--model-overrides`` with a dict literal fairseq reads back, written as JSON where JSON
+    says the same (the printed options stay easy to copy), else as Python writes it."""
+    if not overrides:
+        return []
+    text = json.dumps(overrides)
+    try:
+        same = ast.literal_eval(text) == overrides
+    except (ValueError, SyntaxError):  # true, false, null
+        same = False
+    return [MODEL_OVERRIDES, text if same else repr(overrides)]
+
+
 def _pair(args, state: dict):
     task = (state.get("cfg") or {}).get("task") or {}
     source = args.source_lang or (task.get("source_lang") if isinstance(task, dict) else None)
@@ -71,7 +124,7 @@ def _pair(args, state: dict):
 
 
 def _report(result: Calibration, option: str, speedups) -> str:
-    lines = [f"{option:>16} {'mean loss':>10} {'p-value':>9} {'dec x':>6}  Learn-then-Test"]
+    lines = [f"{option:>16} {'mean loss':>10} {result.p_value + ' p':>9} {'dec x':>6}  Learn-then-Test"]
     for index, (value, risk, p, speedup) in enumerate(zip(result.values, result.risks, result.p_values, speedups)):
         if index >= result.tested:
             verdict = "not tested (testing stopped above)"
@@ -89,6 +142,8 @@ def run(args) -> Tuple[dict, str]:
     check_level("--epsilon", args.epsilon)
     if args.max_examples is not None and args.max_examples < 1:
         raise HashEEError(f"--max-examples: must be at least 1, got {args.max_examples}")
+    generate_options, overrides = split_model_overrides(args.generate_args)
+    full_depth = overrides_option({**overrides, **RULE_OFF})
     state = load_checkpoint(args.checkpoint)
     knob = checkpoint_knob(state, args.checkpoint)
     values = knob.safest_first(args.grid.split(","), "--grid") if args.grid else knob.default_grid()
@@ -97,9 +152,7 @@ def run(args) -> Tuple[dict, str]:
     data_dir = Path(args.data)
     if not data_dir.is_dir():
         raise HashEEError(f"{data_dir}: no such data folder")
-    examples = count_examples(data_dir, args.subset, pair)
-    if examples == 0:
-        raise HashEEError(f"--subset: {args.subset} of {data_dir} has no examples to calibrate on")
+    args.subset, examples = calibration_subset(data_dir, pair, args.subset, "--subset")
 
     import torch
 
@@ -116,26 +169,31 @@ def run(args) -> Tuple[dict, str]:
             arch="",
             model_options=[],
             train_options=[],
-            generate_options=shlex.split(args.generate_args) + ["--seed", str(args.seed)],
+            generate_options=generate_options + ["--seed", str(args.seed)],
             device_options=[] if torch.cuda.is_available() and not args.cpu else ["--cpu"],
         )
         print(f"== full depth: {examples} examples of {args.subset}", flush=True)
-        full = generate(data, Path(args.checkpoint), work / "full", FULL_DEPTH, args.subset)
+        full = generate(data, Path(args.checkpoint), work / "full", full_depth, args.subset)
         runs = []
         for number, value in enumerate(values, start=1):
             print(f"== [{number}/{len(values)}] {knob.option} {value}", flush=True)
-            run_ = generate(data, Path(args.checkpoint), work / f"value-{value}", [knob.option, value], args.subset)
+            candidate = overrides_option(overrides) + [knob.option, value]
+            run_ = generate(data, Path(args.checkpoint), work / f"value-{value}", candidate, args.subset)
             if run_["ids"] != full["ids"]:
                 raise HashEEError(f"{knob.option} {value}: generated other examples than full depth")
             runs.append(run_)
-    per_value = [losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang) for r in runs]
-    result = calibrate(values, per_value, args.delta, args.epsilon)
-    options = [knob.option, result.value] if result.value is not None else FULL_DEPTH
+    per_value = [
+        losses(args.loss, r["hypotheses"], full["hypotheses"], full["references"], args.lang, args.metric) for r in runs
+    ]
+    result = calibrate(values, per_value, args.delta, args.epsilon, args.p_value, RANGES[args.loss])
+    options = [knob.option, result.value] if result.value is not None else full_depth
     summary = {
         "checkpoint": args.checkpoint,
         "subset": args.subset,
         "examples": examples,
         "loss": args.loss,
+        "metric": args.metric,
+        "p_value": args.p_value,
         "delta": args.delta,
         "epsilon": args.epsilon,
         "option": knob.option,
@@ -159,7 +217,7 @@ def run(args) -> Tuple[dict, str]:
 
 def conclusion(summary: dict) -> str:
     """The choice in words and the fairseq-generate options that use it."""
-    what = f"{summary['loss']} consistency loss at most {summary['delta']:g}"
+    what = f"expected {describe(summary['loss'], summary['metric'])} at most {summary['delta']:g}"
     if summary["chosen"] is None:
         head = (
             f"no value of {summary['option']} is certified ({what} with probability >= {1 - summary['epsilon']:g}, "

@@ -154,6 +154,7 @@ def main(argv=None):
         if key not in [m.key for m in chosen]:
             raise HashEEError(f"--sweep: {key} is not among --methods")
     points = [p for m in chosen for p in method_lib.sweep_points(m, sweeps.get(m.key))]
+    method_lib.check_generate_options(points, data.generate_options)
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
     calibration = calibrated.settings(args, data_dir, (source, target), chosen)
 
@@ -171,11 +172,13 @@ def main(argv=None):
     decisions = []
     if calibration:
         decisions = calibrated.decide(calibration, args.lang, data, work, points, checkpoints, _say)
-    points += [d.point for d in decisions if d.point is not None]
+        calibrated.add_rows(decisions, points)
     rows = _generate_rows(args, data, work, points, checkpoints, references)
     report.wall_speedups(rows)
-    calibrated.measure(decisions, rows, args.calibrate_loss, args.lang)
-    _write_report(args, data, work, rows, f"{args.arch}, {encoder_layers}+{decoder_layers} layers", decisions)
+    if calibration:
+        calibrated.measure(decisions, rows, calibration, args.lang)
+    model = f"{args.arch}, {encoder_layers}+{decoder_layers} layers"
+    _write_report(args, data, work, rows, model, decisions, calibration)
     _say(f"hashee-compare took {time.perf_counter() - started:.0f} s")
 
 
@@ -187,17 +190,10 @@ def _row_files(work: Path, point, checkpoints):
 def _generate_rows(args, data: Data, work: Path, points, checkpoints, references) -> List[dict]:
     """Every row's summaries, ROUGE and figures (reused when generated before with the same
     checkpoint and options), then the extra timing rounds, interleaved."""
-    rows, first_row = [], {}  # first_row: generation folder -> the row generated there
+    rows = []
     for number, point in enumerate(points, start=1):
         _say(f"== [{number}/{len(points)}] generate {point.label}")
         folder, checkpoint = _row_files(work, point, checkpoints)
-        if folder in first_row:
-            # A calibrated row at a value the comparison already ran: the same summaries and,
-            # so that the table does not show two timings of one generation, the same seconds.
-            original = first_row[folder]
-            rows.append(dict(original, label=point.label, value=point.value, same_as=original["label"]))
-            _say(f"   the same generation as {original['label']}")
-            continue
         settings = {"checkpoint": str(checkpoint), "options": point.generate_options, "generate": data.generate_options}
         cached = load_json(folder / "result.json")
         if cached is not None and cached["settings"] == settings and "tokens" in cached:
@@ -219,27 +215,24 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
             distinct=len(set(cached["hypotheses"])),
         )
         rows.append(row)
-        first_row[folder] = row
         _say(f"   R-1 {row['rouge1']:.2f}, FLOPs {row['total_flops_x']:.2f}x, {cached['seconds']:.1f} s generating")
     for round_number in range(2, args.timing_rounds + 1):
         _say(f"== timing round {round_number}/{args.timing_rounds}")
         for point, row in zip(points, rows):
-            if "same_as" not in row:  # its copies share the list of seconds
-                folder, checkpoint = _row_files(work, point, checkpoints)
-                row["seconds"].append(time_generation(data, checkpoint, folder, point.generate_options))
+            folder, checkpoint = _row_files(work, point, checkpoints)
+            row["seconds"].append(time_generation(data, checkpoint, folder, point.generate_options))
     return rows
 
 
-def _write_report(args, data: Data, work: Path, rows: List[dict], model: str, decisions=()) -> None:
+def _write_report(args, data: Data, work: Path, rows: List[dict], model: str, decisions=(), calibration=None) -> None:
     """Print the table (and its "at delta" section) and the examples; write compare.json, compare.txt
     and the plot."""
     documents = read_generate_out(work / "generate" / "full" / "generate.out")["S"]
     text = report.table(rows)
     if decisions:
-        text += "\n\n" + calibrated.section(decisions, rows, args.calibrate_loss)
-    generated = [row for row in rows if "same_as" not in row]  # each generation's summaries once
-    examples = report.side_by_side(generated, documents, args.examples)
-    distinct = ", ".join(f"{row['label']} {row['distinct']}/{len(row['hypotheses'])}" for row in generated)
+        text += "\n\n" + calibrated.section(decisions, rows, calibration)
+    examples = report.side_by_side(rows, documents, args.examples)
+    distinct = ", ".join(f"{row['label']} {row['distinct']}/{len(row['hypotheses'])}" for row in rows)
     _say("\n" + text + f"\ndistinct summaries: {distinct}\n\n" + examples)
     kept = ("ids", "hypotheses", "references", "settings")
     summary = {
@@ -254,7 +247,7 @@ def _write_report(args, data: Data, work: Path, rows: List[dict], model: str, de
         "device": "cpu" if "--cpu" in data.device_options else "cuda",
         "test_documents": len(rows[0]["ids"]),
         "rows": [{k: v for k, v in row.items() if k not in kept} for row in rows],
-        "calibration": calibrated.summary(decisions, args.calibrate_loss),
+        "calibration": calibrated.summary(decisions, calibration),
     }
     save_json(work / "compare.json", summary)
     with atomic_write(str(work / "compare.txt")) as out:

@@ -2,22 +2,26 @@
 
 What a user decides is "I can lose at most delta of full depth's quality: which
 method, at which setting, is fastest?". For every compared method this
-generates the validation split (the calibration split) with the full-depth
-row's checkpoint once and with each candidate of the method's knob, computes
-each example's loss against the full-depth row (``--calibrate-loss``, default
-risk: the ROUGE-L lost against the reference, meaningful across separately
-trained models; textual: 1 - ROUGE-L against full depth's summary), and keeps
-the last value fixed-sequence testing certifies (calibration/ltt.py). That
-value's row is then generated on the test split like every other row, and its
-loss there is measured against delta.
+generates the calibration split (``--calibration-subset``: ``calib`` when the
+data has it, else ``valid``) with the full-depth row's checkpoint once and with
+each candidate of the method's knob, computes each example's loss against the
+full-depth row (``--calibrate-loss``, calibration/losses.py: ``drop``, the
+signed ROUGE lost against the reference, is the budget "at most one point on
+average" at delta 0.01; ``risk`` clips it at 0; ``textual`` is 1 - ROUGE against
+full depth's summary), and keeps the last value fixed-sequence testing
+certifies (calibration/ltt.py, ``--calibrate-p-value``; candidates after the
+first that is not certified are neither tested nor generated). That value's row is
+the method's row at that value: marked in the table when the comparison has
+it anyway, else generated on the test split like every other row; its loss
+there is measured against delta.
 
 Candidates, safest first: a generation knob (CALM's and DAT's thresholds,
 LECO's patience) takes its whole range (calibration/knobs.py: 11 thresholds)
 or the values ``--calibrate-grid METHOD=V1,V2`` gives;
-a training knob (ConsistentEE's alpha, HashEE's deepest decoder exit) takes the
-values the comparison trains anyway (``--sweep``), no extra training; a method
-without a knob (static half depth, HashEE encoder exits) is its one candidate,
-certified or not.
+a training knob (ConsistentEE's alpha, HashEE's deepest decoder exit, static
+depth's decoder layers) takes the values the comparison trains anyway
+(``--sweep``), no extra training; a method without a knob (HashEE encoder
+exits, or one run without a sweep) is its one candidate, certified or not.
 """
 
 from dataclasses import dataclass
@@ -25,14 +29,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..calibration.knobs import Knob
-from ..calibration.losses import LOSSES, losses
+from ..calibration.losses import RANGES, describe, losses
 from ..calibration.ltt import Calibration, calibrate, check_level
-from ..calibration.split import count_examples
+from ..calibration.options import add_options
+from ..calibration.split import calibration_subset
 from ..errors import HashEEError
 from .methods import Method, Point
 from .runs import Data, generate, load_json, save_json
 
-SPLIT = "valid"
 # Knobs where a smaller value exits less (every other knob: a larger one does).
 SAFER_WHEN_SMALLER = ("--consistentee-alpha",)
 
@@ -41,9 +45,9 @@ def add_args(parser) -> None:
     parser.add_argument(
         "--calibrate",
         metavar="DELTA[,EPSILON]",
-        help="add per method the row Learn-then-Test certifies on the valid split (epsilon default 0.1)",
+        help="mark per method the fastest row Learn-then-Test certifies on the calibration split (epsilon default 0.1)",
     )
-    parser.add_argument("--calibrate-loss", choices=LOSSES, default="risk", help="the loss --calibrate controls")
+    add_options(parser, "calibrate-", default_loss="risk")
     parser.add_argument(
         "--calibrate-grid",
         action="append",
@@ -59,6 +63,16 @@ class Settings:
     epsilon: float
     loss: str
     grids: Dict[str, List[str]]  # method key -> its generation knob's candidates, safest first
+    metric: str = "rougeL"
+    p_value: str = "wsr"
+    subset: str = "valid"
+
+    def losses(self, early: dict, full: dict, lang: str) -> List[float]:
+        """Per example of ``early``'s generation, the loss against ``full``'s (same examples, same order)."""
+        return losses(self.loss, early["hypotheses"], full["hypotheses"], full["references"], lang, self.metric)
+
+    def describe(self) -> str:
+        return describe(self.loss, self.metric)
 
 
 def _levels(text: str) -> Tuple[float, float]:
@@ -99,20 +113,9 @@ def settings(args, data: Path, pair: Tuple[str, str], methods: Sequence[Method])
         return None
     delta, epsilon = _levels(args.calibrate)
     grids = _grids(args.calibrate_grid, methods)
-    if count_examples(data, SPLIT, pair) == 0:
-        raise HashEEError(f"--calibrate: the {SPLIT} split of {data} has no examples to calibrate on")
-    return Settings(delta, epsilon, args.calibrate_loss, grids)
-
-
-@dataclass(frozen=True)
-class CalibratedPoint(Point):
-    """The row of a method at the value calibration chose."""
-
-    delta: float = 0.1
-
-    @property
-    def label(self) -> str:
-        return f"{super().label}, at delta {self.delta:g}"
+    subset, _ = calibration_subset(data, pair, args.calibration_subset, "--calibration-subset")
+    loss, metric, p_value = args.calibrate_loss, args.calibrate_metric, args.calibrate_p_value
+    return Settings(delta, epsilon, loss, grids, metric, p_value, subset)
 
 
 @dataclass
@@ -124,16 +127,16 @@ class Decision:
     result: Calibration
 
     @property
-    def point(self) -> Optional[CalibratedPoint]:
-        chosen = self.result.chosen
-        return (
-            None if chosen is None else CalibratedPoint(self.method, self.candidates[chosen].value, self.result.delta)
-        )
+    def point(self) -> Optional[Point]:
+        """The method's row at the certified value; None when none is."""
+        return None if self.result.chosen is None else self.candidates[self.result.chosen]
 
 
 def _safety(method: Method, value: Optional[str]) -> float:
-    if value is None:  # the method's own default: every layer available, the safest
-        return float("inf")
+    if value is None:  # the method's own default
+        value = method.default_value
+        if value is None:  # every layer available: the safest
+            return float("inf")
     return -float(value) if method.knob in SAFER_WHEN_SMALLER else float(value)
 
 
@@ -145,12 +148,12 @@ def candidates(method: Method, swept: Sequence[Point], grid: Optional[Sequence[s
     return sorted(swept, key=lambda point: -_safety(method, point.value))
 
 
-def _generate_split(data: Data, checkpoint: Path, folder: Path, options: List[str]) -> dict:
+def _generate_split(data: Data, checkpoint: Path, folder: Path, options: List[str], subset: str) -> dict:
     """The calibration split's summaries (kept when generated before with the same checkpoint and options)."""
-    settings = {"checkpoint": str(checkpoint), "options": options, "generate": data.generate_options}
+    settings = {"checkpoint": str(checkpoint), "options": options, "generate": data.generate_options, "subset": subset}
     cached = load_json(folder / "result.json")
     if cached is None or cached.get("settings") != settings:
-        cached = generate(data, checkpoint, folder, options, SPLIT)
+        cached = generate(data, checkpoint, folder, options, subset)
         cached["settings"] = settings
         save_json(folder / "result.json", cached)
     return cached
@@ -165,48 +168,66 @@ def decide(
     checkpoints: Dict[str, Path],
     say: Callable[[str], None],
 ) -> List[Decision]:
-    """Calibrate every compared method but full depth on the valid split."""
-    folder = work / "calibrate"
+    """Calibrate every compared method but full depth on the calibration split."""
+    folder, subset = work / "calibrate", calibration.subset
 
     def summaries(point: Point) -> dict:
         name = point.name.replace("@", "-")
-        return _generate_split(data, checkpoints[point.stages[-1].name], folder / name, point.generate_options)
+        return _generate_split(data, checkpoints[point.stages[-1].name], folder / name, point.generate_options, subset)
 
     full = summaries(points[0])
     methods = list(dict.fromkeys(point.method for point in points[1:]))
     decisions = []
     for number, method in enumerate(methods, start=1):
         tested = candidates(method, [p for p in points if p.method == method], calibration.grids.get(method.key))
-        say(f"== [calibrate {number}/{len(methods)}] {method.label}: {len(tested)} values on {SPLIT}")
+        say(f"== [calibrate {number}/{len(methods)}] {method.label}: up to {len(tested)} values on {subset}")
         per_value = []
-        for point in tested:
+        for index, point in enumerate(tested):
             run = summaries(point)
             if run["ids"] != full["ids"]:
-                raise HashEEError(f"calibrating {point.name}: generated other {SPLIT} examples than full depth")
-            per_value.append(losses(calibration.loss, run["hypotheses"], full["hypotheses"], full["references"], lang))
-        values = [point.value or "default" for point in tested]
-        decisions.append(Decision(method, tested, calibrate(values, per_value, calibration.delta, calibration.epsilon)))
+                raise HashEEError(f"calibrating {point.name}: generated other {subset} examples than full depth")
+            per_value.append(calibration.losses(run, full, lang))
+            values = [p.value or "default" for p in tested[: index + 1]]
+            levels = (calibration.delta, calibration.epsilon, calibration.p_value, RANGES[calibration.loss])
+            result = calibrate(values, per_value, *levels)
+            if result.chosen != index:  # fixed-sequence testing stops here: the rest are not generated
+                break
+        decisions.append(Decision(method, tested[: len(per_value)], result))
     return decisions
 
 
-def measure(decisions: Sequence[Decision], rows: List[dict], loss: str, lang: str) -> None:
-    """Each calibrated row's loss on the test split against the full-depth row, and its p-values."""
+def add_rows(decisions: Sequence[Decision], points: List[Point]) -> None:
+    """The certified values the comparison does not run anyway, as rows of their own (appended)."""
+    for decision in decisions:
+        if decision.point is not None and decision.point not in points:
+            points.append(decision.point)
+
+
+def measure(decisions: Sequence[Decision], rows: List[dict], calibration: Settings, lang: str) -> None:
+    """Mark each certified row: its calibration and its mean loss on the test split against the full-depth row."""
     full = rows[0]
     for decision in decisions:
         point = decision.point
         if point is None:
             continue
         row = next(r for r in rows if r["label"] == point.label)
-        on_test = losses(loss, row["hypotheses"], full["hypotheses"], full["references"], lang)
-        row["calibration"] = {"delta": decision.result.delta, "test_loss": sum(on_test) / len(on_test)}
+        on_test = calibration.losses(row, full, lang)
+        row["calibration"] = {
+            "delta": decision.result.delta,
+            "p_value": decision.result.p_values[decision.result.chosen],
+            "test_loss": sum(on_test) / len(on_test),
+        }
 
 
-def summary(decisions: Sequence[Decision], loss: str) -> List[dict]:
+def summary(decisions: Sequence[Decision], calibration: Optional[Settings]) -> List[dict]:
     """compare.json's record of every candidate's mean loss and p-value, per method."""
     return [
         {
             "method": d.method.key,
-            "loss": loss,
+            "loss": calibration.loss,
+            "metric": calibration.metric,
+            "p_value": calibration.p_value,
+            "subset": calibration.subset,
             "delta": d.result.delta,
             "epsilon": d.result.epsilon,
             "examples": d.result.n,
@@ -220,14 +241,15 @@ def summary(decisions: Sequence[Decision], loss: str) -> List[dict]:
     ]
 
 
-def section(decisions: Sequence[Decision], rows: List[dict], loss: str) -> str:
-    """The table's "at delta" section: per method the certified value, its loss on test and its speed-ups."""
+def section(decisions: Sequence[Decision], rows: List[dict], calibration: Settings) -> str:
+    """The table's "at delta" section: per method the certified value (its row is marked *), its loss on
+    test and its speed-ups."""
     if not decisions:
         return ""
     delta, epsilon, n = decisions[0].result.delta, decisions[0].result.epsilon, decisions[0].result.n
     lines = [
-        f"at delta {delta:g} (epsilon {epsilon:g}; {loss} consistency against full depth, calibrated on "
-        f"{n} {SPLIT} examples):"
+        f"* at delta {delta:g} (epsilon {epsilon:g}; expected {calibration.describe()}; "
+        f"{calibration.p_value} p-values on {n} {calibration.subset} examples), the fastest value certified per method:"
     ]
     by_label = {row["label"]: row for row in rows}
     for decision in decisions:
@@ -237,8 +259,8 @@ def section(decisions: Sequence[Decision], rows: List[dict], loss: str) -> str:
             continue
         row = by_label[point.label]
         lines.append(
-            f"  {point.label}: p {result.p_values[result.chosen]:.3g}, test loss {row['calibration']['test_loss']:.3f}"
-            f" (delta {delta:g}), total x {row['total_flops_x']:.2f}, wall x {row['wall_x']:.2f}, tok x "
-            f"{row['token_x']:.2f}"
+            f"  {point.label}: p {row['calibration']['p_value']:.3g}, mean loss on test "
+            f"{row['calibration']['test_loss']:.3f} (delta {delta:g}), total x {row['total_flops_x']:.2f}, wall x "
+            f"{row['wall_x']:.2f}, tok x {row['token_x']:.2f}"
         )
     return "\n".join(lines)

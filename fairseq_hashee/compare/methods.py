@@ -3,26 +3,34 @@
 Every method starts from the same checkpoint (``--restore-file``, or the
 full-depth model the comparison trains first) and fine-tunes for the same
 number of updates with the same options; what differs is listed here and
-nowhere else. Methods whose exits are learned on a frozen backbone (DAT,
-ConsistentEE) or need an architecture search first (LECO) add a stage of
-``--frozen-updates``, as does ConsistentEE's third stage (the whole model at
-the policies' exits). Stages with the same name are the same run: CALM and
-ConsistentEE share the multi-exit backbone (CALM's layer weights ``w_i = i``), as
-docs/exit-methods.md trains it; DAT has its own, with the uniform weights of its
-aligned training.
+nowhere else. Methods whose exits are learned on a frozen backbone (CALM's
+classifier, ConsistentEE) or need an architecture search first (LECO) add a
+stage of ``--frozen-updates``, as do ConsistentEE's third stage (the whole
+model at the policies' exits) and DAT's joint stage (the decoder with its
+halting classifiers). Stages with the same name are the same run: CALM and
+ConsistentEE share the multi-exit backbone (CALM's layer weights ``w_i = i``,
+no label smoothing), as docs/exit-methods.md trains it; DAT has its own, with
+the uniform weights of its aligned training; FREE trains its shallow-deep
+decoder with its own loss.
 """
 
+import argparse
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..calibration.knobs import Knob
 from ..errors import HashEEError
 
-# Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it.
+# Label smoothing as in fairseq's BART summarization recipe, for every criterion that takes it, but CALM's
+# backbone: t5x trains it without (flaxformer's calm_t5_1_1 configs: LABEL_SMOOTHING = 0.0), and smoothing
+# 0.1 caps the top-1 margin its softmax measure thresholds near 0.9.
 MULTI_EXIT = ("--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+CALM_MULTI_EXIT = ("--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", "0")
 SMOOTHED = ("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
 # Decoder hash exits distilled from the full-depth start (the teacher, --distill-from; docs/exit-methods.md).
 DISTILLED = ("--criterion", "hashee_distill", "--label-smoothing", "0.1")
+# CALM's decaying threshold with the paper's temperature, as its CNN/DM results ran (exits/rules.py).
+CALM_DECAY = ("--exit-threshold-decay", "4")
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class Stage:
     name: str
     start: str  # "start" (the shared starting checkpoint) or an earlier stage's name
     options: Tuple[str, ...]
-    frozen: bool = False  # an extra stage (exit parameters, a search, ConsistentEE's joint stage): --frozen-updates
+    frozen: bool = False  # an extra stage (exit parameters, a search, a joint stage): --frozen-updates
     takes_knob: bool = False  # a trained knob's value is among its options: one run per value
     # Options naming earlier stages' checkpoints ("start" or a stage), e.g. the checkpoint that measures
     # a difficulty decoder table: (("--difficulty-from", "multi-exit"),).
@@ -51,6 +59,10 @@ class Method:
     knob_label: Optional[str] = None  # in the row's label; default: the option's last word
     # The knob's values: (lowest, highest or None, integers only), checked before anything trains.
     knob_range: Optional[Tuple[float, Optional[float], bool]] = None
+    # The knob's value in the row without one (calibration orders it among the swept values);
+    # None: every layer available, the safest.
+    default_value: Optional[str] = None
+    generate: Tuple[str, ...] = ()  # fairseq-generate options of every row of the method
 
     @property
     def trained_knob(self) -> bool:
@@ -96,7 +108,8 @@ class Point:
 
     @property
     def generate_options(self) -> List[str]:
-        return [] if self.value is None or self.method.trained_knob else [self.method.knob, self.value]
+        knob = [] if self.value is None or self.method.trained_knob else [self.method.knob, self.value]
+        return list(self.method.generate) + knob
 
 
 def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]:
@@ -105,11 +118,23 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
     multi_exit = Stage(
         "multi-exit",
         "start",
-        no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + MULTI_EXIT,
+        no_encoder_exits + ("--decoder-exit-rule", "confidence", "--exit-confidence", "softmax") + CALM_MULTI_EXIT,
     )
 
-    # DAT's aligned training weighs every exit alike (Elbayad et al. 2020); no rule while it trains.
+    # DAT's aligned training weighs every exit alike (Elbayad et al. 2020); no rule while it trains: the
+    # paper's alpha-0 phase. Then the decoder and the halting classifiers train together (L_dec + alpha
+    # L_exit) on the correctness oracle, its conclusion's best trade-off (Tok-C geometric-like; sigma 0 and
+    # lambda 0.1, dat_joint's defaults, as its best reported point).
     dat_backbone = Stage("dat-backbone", "start", no_encoder_exits + MULTI_EXIT + ("--exit-loss-weights", "uniform"))
+    dat_joint = Stage(
+        "dat-joint",
+        "dat-backbone",
+        no_encoder_exits
+        + ("--decoder-exit-rule", "dat-halting", "--criterion", "dat_joint", "--label-smoothing", "0.1")
+        + ("--dat-oracle", "correctness"),
+        frozen=True,
+    )
+    threshold = dict(knob="--exit-threshold", knob_range=(0.0, 1.0, False))
 
     def learned_on_frozen(
         key: str,
@@ -119,20 +144,22 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
         *later: Stage,
         backbone: Stage = multi_exit,
         options=(),
+        trained: bool = False,
         **knob,
     ) -> Method:
         """A rule whose parameters train (with the criterion's ``options``) on a frozen multi-exit
-        ``backbone`` (then the ``later`` stages), swept over its threshold unless ``knob`` names
-        another (a trained knob: the rule's stage takes it)."""
+        ``backbone`` (then the ``later`` stages); its ``knob`` a generation option, or with ``trained``
+        a training option the rule's stage takes."""
         rule_options = ("--decoder-exit-rule", rule, "--criterion", criterion) + tuple(options)
-        stage = Stage(key, backbone.name, no_encoder_exits + rule_options, frozen=True, takes_knob=bool(knob))
-        knob = knob or dict(knob="--exit-threshold", sweep=("0.7", "0.5", "0.3"), knob_range=(0.0, 1.0, False))
+        stage = Stage(key, backbone.name, no_encoder_exits + rule_options, frozen=True, takes_knob=trained)
         return Method(key, label, (backbone, stage) + later, **knob)
 
     half_encoder, half_decoder = max(1, encoder_layers // 2), max(1, decoder_layers // 2)
     patience = tuple(str(p) for p in (2, 1, 0) if p <= decoder_layers - 2)
     methods = [
         Method("full", "full depth", (Stage("full", "start", no_encoder_exits + SMOOTHED),)),
+        # --sweep static-half=3,2,1 keeps those decoder layers (the encoder keeps half): one trained
+        # model per value, as calibration's candidates for a budget (the decoder runs once per token).
         Method(
             "static-half",
             "static half depth",
@@ -143,8 +170,13 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
                     ("--encoder-layers", str(half_encoder), "--decoder-layers", str(half_decoder))
                     + ("--encoder-exit-layers", str(half_encoder))
                     + SMOOTHED,
+                    takes_knob=True,
                 ),
             ),
+            "--decoder-layers",
+            knob_label="decoder layers",
+            knob_range=(1, decoder_layers, True),
+            default_value=str(half_decoder),
         ),
         Method("hashee-enc", "HashEE, encoder exits", (Stage("hashee-enc", "start", SMOOTHED),)),
         # --sweep hashee-encdec=2 trains decoder tables whose buckets stop at layer 2 (the fast
@@ -182,22 +214,19 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             knob_label="mean decoder exit",
             knob_range=(1, decoder_layers, False),
         ),
-        Method(
-            "calm",
-            "CALM (softmax)",
-            (multi_exit,),
-            "--exit-threshold",
-            ("0.9", "0.8", "0.6"),
-            knob_range=(0.0, 1.0, False),
-        ),
+        Method("calm", "CALM (softmax)", (multi_exit,), sweep=("0.9", "0.8", "0.6"), generate=CALM_DECAY, **threshold),
+        # CALM's cheap measure: its classifier (Linear(d, 2)) instead of an output projection per check.
         learned_on_frozen(
-            "dat",
-            "DAT (halting)",
-            "dat-halting",
-            "dat_exit_classifier",
-            backbone=dat_backbone,
-            options=("--dat-oracle-smoothing", "1"),  # the paper's smoothed likelihood oracle
+            "calm-classifier",
+            "CALM (classifier)",
+            "confidence",
+            "calm_exit_classifier",
+            options=("--exit-confidence", "classifier"),
+            sweep=("0.9", "0.8", "0.6"),
+            generate=CALM_DECAY,
+            **threshold,
         ),
+        Method("dat", "DAT (halting)", (dat_backbone, dat_joint), sweep=("0.7", "0.5", "0.3"), **threshold),
         # The policies' exits are set by the reward's depth cost, not by the threshold: with the
         # criterion's default (0.01) they learn to exit almost nowhere (docs/comparison.md). Their
         # third stage (the released train_both) trains the whole model at the policies' exits, the
@@ -214,6 +243,7 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
                 frozen=True,
                 takes_knob=True,
             ),
+            trained=True,
             knob="--consistentee-alpha",
             sweep=("2", "5", "10"),
             knob_range=(0.0, None, False),
@@ -238,6 +268,24 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
             "--exit-patience",
             patience,
             knob_range=(0, decoder_layers - 2, True),
+        ),
+        # FREE's shallow exit at its default (a quarter of the decoder, the released 6 of 24), trained
+        # with its shallow-deep loss from the start; its threshold (the released 0.9 and lower) is set
+        # when generating.
+        Method(
+            "free",
+            "FREE (shallow-deep)",
+            (
+                Stage(
+                    "free",
+                    "start",
+                    no_encoder_exits
+                    + ("--decoder-exit-rule", "free", "--criterion", "free_shallow_deep", "--label-smoothing", "0.1"),
+                ),
+            ),
+            "--exit-threshold",
+            ("0.9", "0.7", "0.5"),
+            knob_range=(0.0, 1.0, False),
         ),
     ]
     by_key = {m.key: m for m in methods}
@@ -328,3 +376,23 @@ def sweep_points(method: Method, override: Optional[Sequence[str]] = None) -> Li
         for value in values:
             Knob(method.knob, *method.knob_range).parse(value, f"--sweep {method.key}")
     return [Point(method, v) for v in values] if values else [Point(method)]
+
+
+def check_generate_options(points: Sequence[Point], generate_options: Sequence[str]) -> None:
+    """Refuse, before anything trains, generation options under which fairseq-generate would refuse a
+    row's own: CALM's decaying threshold needs its length N, ``--max-len-b`` under ``--max-len-a 0``."""
+    decaying = [p.name for p in points if "--exit-threshold-decay" in p.generate_options]
+    if not decaying or "--exit-threshold-decay-length" in generate_options:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--max-len-a", default="0")
+    value = parser.parse_known_args(list(generate_options))[0].max_len_a
+    try:
+        length_grows = float(value) != 0
+    except ValueError:
+        return  # fairseq-generate's own error names it
+    if length_grows:
+        raise HashEEError(
+            f"--generate-args: --max-len-a {value}: {decaying[0]} decays its threshold over the generation's "
+            "length, --max-len-b under --max-len-a 0; give --max-len-a 0 or --exit-threshold-decay-length N"
+        )

@@ -35,8 +35,15 @@ def wall_speedups(rows: List[dict]) -> None:
         row["efficiency"] = row["token_x"] / row["total_flops_x"] if row["total_flops_x"] else float("nan")
 
 
+CERTIFIED = " *"  # after the label of a row --calibrate certifies (its section follows the table)
+
+
+def _cell(row: dict) -> str:
+    return row["label"] + (CERTIFIED if "calibration" in row else "")
+
+
 def _label_width(rows: List[dict]) -> int:
-    return max([40] + [len(row["label"]) for row in rows])
+    return max([40] + [len(_cell(row)) for row in rows])
 
 
 def header(width: int = 40) -> str:
@@ -51,7 +58,7 @@ def table(rows: List[dict]) -> str:
     lines = [header(width)]
     for row in rows:
         lines.append(
-            f"{row['label']:<{width}} {row['rouge1']:6.2f} {row['rouge2']:6.2f} {row['rougeL']:6.2f} "
+            f"{_cell(row):<{width}} {row['rouge1']:6.2f} {row['rouge2']:6.2f} {row['rougeL']:6.2f} "
             f"{row['encoder_flops_x']:5.2f}x {row['decoder_flops_x']:5.2f}x {row['total_flops_x']:7.2f}x "
             f"{row['wall_x']:6.2f}x {row['token_x']:5.2f}x {row['efficiency']:5.2f}"
         )
@@ -87,8 +94,7 @@ def plot(rows: List[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods: Dict[str, List[dict]] = {}
     for row in rows:
-        if "calibration" not in row:  # drawn on their own below
-            methods.setdefault(row["method_label"], []).append(row)
+        methods.setdefault(row["method_label"], []).append(row)
     for label, points in methods.items():
         points = sorted(points, key=lambda r: r["wall_x"])
         xs, ys = [p["wall_x"] for p in points], [p["rougeL"] for p in points]
@@ -106,7 +112,7 @@ def plot(rows: List[dict], path: str, title: str) -> None:
             facecolors="none",
             edgecolors="black",
             marker="s",
-            label=f"calibrated (delta {chosen[0]['calibration']['delta']:g})",
+            label=f"certified (delta {chosen[0]['calibration']['delta']:g})",
         )
     ax.axvline(1.0, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("generation wall-clock speed-up over full depth (x)")

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from ..errors import HashEEError
 from ..exits.consistentee import (
+    DEFAULT_EPSILON_DECAY,
     EXPLORATIONS,
     REWARDS,
     ConsistentEERule,
@@ -87,9 +88,9 @@ class ConsistentEEPolicyConfig(FairseqDataclass):
         default=0.1, metadata={"help": "--consistentee-exploration epsilon: the share of random decisions at update 0"}
     )
     consistentee_epsilon_decay: float = field(
-        default=625.0,
+        default=DEFAULT_EPSILON_DECAY,
         metadata={"help": "--consistentee-exploration epsilon: epsilon * exp(-updates / decay) (the LLaMA code's "
-                  "20000 decisions of a 32-layer model: 625 updates)"},
+                  "EPS_DECAY, 20000 steps of one per layer (32) per micro-batch (32 per update): 19.53 updates)"},
     )  # fmt: skip
 
 
@@ -126,7 +127,7 @@ class ConsistentEEPolicyCriterion(FrozenBackboneCriterion):
         consistentee_reward="hardness",
         consistentee_exploration="sample",
         consistentee_epsilon=0.1,
-        consistentee_epsilon_decay=625.0,
+        consistentee_epsilon_decay=DEFAULT_EPSILON_DECAY,
     ):
         super().__init__(task)
         if not consistentee_alpha >= 0:

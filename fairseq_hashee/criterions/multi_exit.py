@@ -17,6 +17,7 @@ multi-exit model, not the best at the exits of whatever threshold the rule has.
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import List
 
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -25,10 +26,12 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from torch import Tensor
 
 from ..errors import HashEEError
 from ..exits.rules import every_layer_in_eval
 
+NAME = "multi_exit_label_smoothed_cross_entropy"
 WEIGHTINGS = ("layer", "uniform")
 
 
@@ -52,8 +55,10 @@ def check_exit_heads(model, criterion: str) -> None:
         raise HashEEError(f"--criterion {criterion} needs a HashEE model (--arch hashee_bart_base, ...)")
 
 
-@register_criterion("multi_exit_label_smoothed_cross_entropy", dataclass=MultiExitCriterionConfig)
+@register_criterion(NAME, dataclass=MultiExitCriterionConfig)
 class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
+    name = NAME
+
     def __init__(
         self,
         task,
@@ -67,20 +72,33 @@ class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCrite
         self.exit_loss_weights = exit_loss_weights
 
     def forward(self, model, sample, reduce=True):
-        check_exit_heads(model, "multi_exit_label_smoothed_cross_entropy")
+        net_output = self.every_layer(model, sample)
+        return self.exit_losses(model, net_output, self.every_layer_logits(model, net_output), sample, reduce)
+
+    def every_layer(self, model, sample):
+        """The forward every layer's loss reads: every layer run for every position, in training and in
+        validation (the rule set aside)."""
+        check_exit_heads(model, self.name)
         if model.decoder.exit_heads.kind == "search":
             raise HashEEError(
-                "--criterion multi_exit_label_smoothed_cross_entropy trains chosen exit heads: a model with "
+                f"--criterion {self.name} trains chosen exit heads: a model with "
                 "--exit-heads search trains with --criterion leco_head_search (then --exit-heads searched)"
             )
         with contextlib.nullcontext() if model.training else every_layer_in_eval(model):
-            net_output = model(**sample["net_input"])
+            return model(**sample["net_input"])
+
+    @staticmethod
+    def every_layer_logits(model, net_output) -> List[Tensor]:
+        """Each layer's next-token logits (B, T, V), layers 1..L."""
+        return [layer_logits(model, net_output, layer) for layer in range(1, model.decoder.num_layers + 1)]
+
+    def exit_losses(self, model, net_output, logits: List[Tensor], sample, reduce=True):
+        """``sum_i w_i LS-CE(p_i, y) / sum_i w_i`` from each layer's ``logits``, fairseq's criterion triple."""
         num_layers = model.decoder.num_layers
         weights = [float(i) if self.exit_loss_weights == "layer" else 1.0 for i in range(1, num_layers + 1)]
         loss, logging_output = 0.0, {}
-        for layer, weight in enumerate(weights, start=1):
-            layer_output = (layer_logits(model, net_output, layer), net_output[1])
-            layer_loss, nll_loss = self.compute_loss(model, layer_output, sample, reduce=reduce)
+        for layer, (weight, layer_output) in enumerate(zip(weights, logits), start=1):
+            layer_loss, nll_loss = self.compute_loss(model, (layer_output, net_output[1]), sample, reduce=reduce)
             loss = loss + weight * layer_loss
             logging_output[f"loss_layer{layer}"] = layer_loss.data
         loss = loss / sum(weights)

@@ -4,9 +4,10 @@ HashEE decides a token's exit layer before the stack runs, from its id (the
 exit table). The methods it is compared with decide a decoder position's exit
 while computing it: at the end of layer ``i``, a rule looks at the positions
 still active and marks some of them exited there. From then on they are
-exited positions in every respect, so the layer plans, the gathered compute
-and the decoder's cache (modules/) serve both kinds unchanged: a rule
-decides, the layers execute.
+exited positions in every respect, so the layer plans (the planner orders
+the positions anew for the layers above, ``StackPlanner.replan``) and the
+decoder's cache (modules/) serve both kinds unchanged: a rule decides, the
+layers execute.
 
 - ``heads.py``: next-token distributions at every decoder layer (the model's
   shared output projection, or a head per layer);
@@ -17,6 +18,9 @@ decides, the layers execute.
   documented stand-in for COBEE, whose definition we could not read); LECO's
   searched heads are in ``heads.py``.
 - ``consistentee.py``: ConsistentEE's exit policies and their REINFORCE loss.
+- ``free.py``: FREE's shallow-deep rule, whose exited positions are stacked
+  and computed deeply later (synchronized parallel decoding), and its
+  adaptive threshold (``beta_mixture.py``).
 
 A model carries its rule and heads as parameters of its decoder
 (``decoder.exit_heads.*``, ``decoder.exit_rule.*``) chosen by model options
@@ -30,10 +34,11 @@ from typing import Optional
 from ..errors import HashEEError
 from .consistentee import DEFAULT_POLICY_DIM, ConsistentEERule
 from .dat import HaltingRule, MultinomialRule
+from .free import ShallowDeepRule, default_shallow_layer
 from .leco import AgreementRule
 from .rules import ConfidenceRule, ExitRule
 
-RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee", "agreement")
+RULES = ("none", "confidence", "dat-halting", "dat-multinomial", "consistentee", "agreement", "free")
 
 
 def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]:
@@ -49,6 +54,9 @@ def build_exit_rule(args, embed_dim: int, num_layers: int) -> Optional[ExitRule]
         return MultinomialRule(embed_dim, num_layers)
     if name == "agreement":
         return AgreementRule(num_layers)
+    if name == "free":
+        shallow = getattr(args, "shallow_exit_layer", None)
+        return ShallowDeepRule(num_layers, default_shallow_layer(num_layers) if shallow is None else shallow)
     if name == "consistentee":
         return ConsistentEERule(embed_dim, num_layers, getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM))
     raise HashEEError(f"--decoder-exit-rule: expected one of {', '.join(RULES)}, got {name!r}")

@@ -51,6 +51,12 @@ from ..modules import flops
 from .rules import ExitRule
 
 DEFAULT_POLICY_DIM = 32  # the hidden size of the authors' BERT policy network
+# The LLaMA code's epsilon schedule (modeling_llama.py l. 40-42, 800-802) counts ``steps_done``, which
+# advances once per layer (32) in every forward of a micro-batch, and finetune.py accumulates 32 micro-batches
+# (batch 128 / micro-batch 4) per optimizer update: EPS_DECAY 20000 steps are 20000 / 1024 updates.
+RELEASED_EPSILON_DECAY_STEPS = 20000
+RELEASED_STEPS_PER_UPDATE = 32 * (128 // 4)
+DEFAULT_EPSILON_DECAY = RELEASED_EPSILON_DECAY_STEPS / RELEASED_STEPS_PER_UPDATE  # 19.53 updates
 EXPLORATIONS = ("sample", "greedy", "epsilon")
 REWARDS = ("hardness", "ce", "ce-layer")
 

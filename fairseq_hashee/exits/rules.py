@@ -35,7 +35,7 @@ DAT's rules are in dat.py, LECO's in leco.py.
 """
 
 import contextlib
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,9 @@ class ExitRule(nn.Module):
     threshold_range: Optional[Tuple[float, float]] = (0.0, 1.0)  # None: the rule takes no threshold
     default_threshold = 0.9
     trained_by: Optional[str] = None  # the --criterion that trains the rule's own parameters
+    # False: an exited position is frozen (section 1). True (FREE's): it is stacked, and its layers above
+    # the exit run later, when its hypothesis next goes deep (docs/design.md section 8).
+    synchronized = False
 
     def __init__(self):
         super().__init__()
@@ -265,11 +268,30 @@ def every_layer_in_eval(model):
         model.train(training)
 
 
+def scored_layers(rule: ExitRule, num_layers: int) -> List[int]:
+    """The layers below the top of a ``num_layers``-layer decoder where ``rule`` decides: where
+    its scores come from. Empty when the decoder is too shallow for the rule (saturation decides
+    from layer 2, so not in a 2-layer decoder) or ``--exit-min-layer`` is the top layer."""
+    return [i for i in range(1, num_layers) if rule.decides_at(i)]
+
+
 def rule_scores(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
     """The decoder rule's score of every live position at every layer below the top where it
     decides, from a forward that runs every layer: what a threshold is calibrated on (its
     median exits about half the position-layer pairs)."""
     decoder, rule = model.decoder, model.decoder.exit_rule
+    layers = scored_layers(rule, decoder.num_layers)
+    if not layers:
+        if rule.min_layer > 1:
+            option = f"--exit-min-layer {rule.min_layer}"
+        elif isinstance(rule, ConfidenceRule) and rule.measure == "saturation":
+            option = "--exit-confidence saturation (it decides from layer 2)"
+        else:
+            option = f"--decoder-layers {decoder.num_layers}"
+        raise HashEEError(
+            f"{option}: the {rule.name} rule decides at no layer below the top of this "
+            f"{decoder.num_layers}-layer decoder, so it has no scores to set a threshold from"
+        )
     cross_attention = decoder.layers[0].encoder_attn
     beam = cross_attention.beam_size if cross_attention is not None else 1
     model.set_beam_size(1)  # a teacher-forced pass has one encoder row per decoder row
@@ -278,7 +300,6 @@ def rule_scores(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_toke
             _, extra = model(src_tokens, src_lengths, prev_output_tokens)
             live = prev_output_tokens.ne(decoder.padding_idx).t()  # (T, B), as the states
             states = [state[live] for state in extra["inner_states"]]
-            layers = [i for i in range(1, decoder.num_layers) if rule.decides_at(i)]
             return torch.cat([rule.score(decoder, i, states[i], states[i - 1]) for i in layers])
     finally:
         model.set_beam_size(beam)

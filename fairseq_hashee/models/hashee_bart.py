@@ -66,7 +66,15 @@ class HashEEBARTModel(BARTModel):
             help="a dynamic rule that exits decoder positions while they are computed "
             "(docs/design.md section 7): 'confidence' is CALM's, 'dat-halting' and 'dat-multinomial' "
             "DAT's, 'consistentee' ConsistentEE's exit policies, 'agreement' the comparison of successive "
-            "exits standing in for LECO's COBEE; default none",
+            "exits standing in for LECO's COBEE, 'free' FREE's shallow-deep exit with synchronized parallel "
+            "decoding; default none",
+        )
+        parser.add_argument(
+            "--shallow-exit-layer",
+            type=int,
+            metavar="S",
+            help="the free rule's shallow exit: after decoder layer S (default: a quarter of the decoder, "
+            "FREE's 6 of 24, at least 1)",
         )
         parser.add_argument(
             "--consistentee-policy-dim",
@@ -284,6 +292,7 @@ def _hashee_defaults(args):
     args.exit_confidence = getattr(args, "exit_confidence", "softmax")
     args.exit_heads = getattr(args, "exit_heads", "shared")
     args.consistentee_policy_dim = getattr(args, "consistentee_policy_dim", DEFAULT_POLICY_DIM)
+    args.shallow_exit_layer = getattr(args, "shallow_exit_layer", None)
     args.keep_encoder_layers = getattr(args, "keep_encoder_layers", "first")
     args.keep_decoder_layers = getattr(args, "keep_decoder_layers", "first")
     args.scale_embedding = getattr(args, "scale_embedding", False)

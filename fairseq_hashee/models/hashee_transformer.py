@@ -3,11 +3,14 @@
 Each stack keeps fairseq's embeddings, layers and output layer and replaces
 only the loop over layers (``PlannedStackMixin.run_layers``): layer ``i``
 updates the positions whose exit layer is at least ``i`` (docs/design.md
-sections 1 and 3). ``exit_impl``, chosen when the model is built, picks how:
+sections 1 and 3). ``exit_impl``, chosen when the model is built, sets the
+one flag ``skips`` that says how:
 
 - ``skip`` runs each layer's plan: no work where no position is active,
-  fairseq's stock layer where no position has exited yet, and otherwise the
-  active positions only (modules/hashee_layers.py);
+  fairseq's stock layer where no position has exited yet (teacher-forced and
+  encoder), and otherwise the active positions only; an incremental decoder
+  step always runs its rows through the plugin's own cache
+  (modules/hashee_layers.py, modules/kv_cache.py);
 - ``masked`` runs fairseq's stock layer on every position and keeps the old
   state where a position has exited: the slow reference definition.
 """
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import HashEEError
 from ..exits.heads import ExitHeads
 from ..exits.rules import PositionMemory
-from ..modules import kv_cache
+from ..modules import flops, kv_cache
 from ..modules.exit_table import ExitTableMixin
 from ..modules.flops import StackShape
 from ..modules.hashee_layers import HashEEDecoderLayer, HashEEEncoderLayer, LayerInputs
@@ -92,13 +95,15 @@ class PlannedStackMixin:
         """The planner of one forward over positions that exit at ``exits`` (B, T): an
         incremental decoder ``step``, or a teacher-forced forward (``causal`` in a decoder).
         Nothing is read from the device until the forward calls its ``read``."""
+        rule = self._active_rule()
         return StackPlanner(
             exits,
             self.num_layers,
-            every_layer_full=self.no_early_exits and self._active_rule() is None,
+            every_layer_full=self.no_early_exits and rule is None,
             step=step,
             causal=causal,
             skips=self.skips,
+            synchronized_from=rule.shallow_layer + 1 if _stacks(rule, step, self.skips) else None,
         )
 
     def run_layers(
@@ -128,28 +133,37 @@ class PlannedStackMixin:
         # What the rule carries for each position from one layer to the next, in this forward only.
         memory = PositionMemory(planner.exits.shape, x.device, first_position) if rule is not None else None
         x = planner.sort(x)
-        decision_flops = 0.0
+        exits, decision_flops = planner.exits, 0.0
         for i, layer in enumerate(self.layers, start=1):
             # The input stays referenced only while a rule may read it (the state before the layer).
             before = x if rule is not None else None
             x = self._run_layer(layer, x, i, planner, inputs)
             if rule is not None and i < self.num_layers and rule.decides_at(i):
-                x, spent = self._decide_exits(rule, i, x, before, planner, memory)
+                x, exits, spent = self._decide_exits(rule, i, x, before, planner, memory, exits)
                 decision_flops += spent
             if keep_states:
                 states.append(planner.unsort(x))
-        return StackRun(planner.unsort(x), planner.exits, decision_flops, memory.exit_logits() if memory else None)
+        return StackRun(planner.unsort(x), exits, decision_flops, memory.exit_logits() if memory else None)
 
     def _decide_exits(
-        self, rule, layer: int, after: Tensor, before: Tensor, planner: StackPlanner, memory: PositionMemory
-    ) -> Tuple[Tensor, float]:
+        self,
+        rule,
+        layer: int,
+        after: Tensor,
+        before: Tensor,
+        planner: StackPlanner,
+        memory: PositionMemory,
+        exits: Tensor,
+    ) -> Tuple[Tensor, Tensor, float]:
         """Let ``rule`` exit some of ``layer``'s active positions: the states ``after`` the layer in
-        the planner's new order, and what deciding cost. A position that exits here outputs the
-        logits the rule decided with (if it computed any)."""
+        the planner's new order, the new ``exits`` and what deciding cost. A position that exits
+        here outputs the logits the rule decided with (if it computed any). A synchronized rule's
+        positions are frozen nowhere: teacher-forced (and in the masked reference) every position
+        goes on through every layer, and only an incremental step on the skip path leaves them
+        for later (section 8)."""
         where = planner.active_positions(layer)
         if where.row.numel() == 0:
-            return after, 0.0
-        exits = planner.exits
+            return after, exits, 0.0
         at_states = (where.state_time, where.state_row)
         decided = rule.decide(
             self,
@@ -160,8 +174,10 @@ class PlannedStackMixin:
             memory=memory.at(where.row, where.time),
         )
         memory.settle_logits(decided == layer)
-        after = planner.replan(exits.index_put((where.row, where.time), decided), after)
-        return after, where.row.numel() * rule.decision_flops(self, layer)
+        exits = exits.index_put((where.row, where.time), decided)
+        if not rule.synchronized or _stacks(rule, planner.step, planner.skips):
+            after = planner.replan(exits, after)
+        return after, exits, where.row.numel() * rule.decision_flops(self, layer)
 
     @staticmethod
     def _run_skip(layer, x: Tensor, i: int, planner: StackPlanner, inputs: LayerInputs) -> Tensor:
@@ -315,6 +331,9 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if step and enc is not None and first_position == 0:
             kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
+        rule = self._active_rule()
+        if step and first_position == 0 and rule is not None and hasattr(rule, "begin_generation"):
+            rule.begin_generation()
         planner = self.planner(self.token_exits(tokens), step=step, causal=not step)
         counts = planner.read()
         padding_mask = pad if (counts.padded if counts is not None else bool(pad.any())) else None
@@ -354,8 +373,13 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         x = x.transpose(0, 1)
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
+        cache = call.inputs.self_cache
+        block = cache.block if cache is not None else None
+        rule = self._active_rule()
+        if block is not None and getattr(rule, "adaptive", False):
+            rule.observe(self, block.entry, block.states, block.computed)
         if self.speedup_meter is not None:
-            self._measure(run, call)
+            self._measure(run, call, block)
         extra = {"attn": [None], "inner_states": inner_states, "exits": run.exits, "exit_logits": run.exit_logits}
         return x, extra
 
@@ -386,18 +410,21 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         x = self.dropout_module(x)
         return x.transpose(0, 1), tokens
 
-    def _measure(self, run: StackRun, call: DecoderCall) -> None:
+    def _measure(self, run: StackRun, call: DecoderCall, block) -> None:
         """Add this call's FLOPs to the meter: its layers, its exit heads beyond the output
-        projection (none where a rule's logits are the output: counted as its decision), and
-        the rule's decisions."""
+        projection (none where a rule's logits are the output: counted as its decision), the
+        rule's decisions, and a synchronized rule's deep layers where they run (section 8)."""
         known = run.exit_logits[1] if run.exit_logits is not None else None
-        heads = self.exit_heads.output_extra_flops(run.exits, self.shape.vocab, known)
+        extra = run.decision_flops + self.exit_heads.output_extra_flops(run.exits, self.shape.vocab, known)
+        source_lengths = self._source_lengths(call.inputs)
+        layers_run = None
+        rule = self._active_rule()
+        if rule is not None and rule.synchronized and call.inputs.incremental_state is None:
+            layers_run = flops.synchronized_layers(run.exits, self.num_layers)
+        if block is not None:
+            extra += flops.flushed(self.shape, rule.shallow_layer, block, source_lengths, run.exits.size(0))
         self.speedup_meter.add_decoder(
-            self.shape,
-            run.exits,
-            call.first_position,
-            self._source_lengths(call.inputs),
-            extra_flops=run.decision_flops + heads,
+            self.shape, run.exits, call.first_position, source_lengths, extra_flops=extra, layers_run=layers_run
         )
 
     def _source_lengths(self, inputs: LayerInputs) -> Optional[Tensor]:
@@ -411,6 +438,12 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         if inputs.encoder_padding_mask is not None:
             return inputs.encoder_padding_mask.logical_not().sum(dim=1)
         return torch.full((enc.size(1),), enc.size(0), dtype=torch.long, device=enc.device)
+
+
+def _stacks(rule, step: bool, skips: bool) -> bool:
+    """Whether a forward leaves a synchronized rule's exited positions pending (FREE's stacking):
+    an incremental step on the skip path. Elsewhere they run every layer."""
+    return rule is not None and rule.synchronized and step and skips
 
 
 def _first(encoder_out: Optional[Dict[str, List[Tensor]]], key: str) -> Optional[Tensor]:

@@ -86,10 +86,10 @@ def attend_grouped(
     ``per_group`` hypotheses share. No group's keys are copied.
 
     ``keys``/``values`` are (G, heads, S, head_dim), ``visible`` (G, 1, 1, S) or None.
-    ``slots`` gives each query row's (group, slot), slots below ``per_group``, for one
-    incremental step (Tq = 1) whose rows are a subset in another order; None: the query rows
-    are every row of every group in order. A group's queries are attended together as the
-    query positions of one row; slots without a query attend with a zero query.
+    ``slots`` gives each query row's (group, slot), slots below ``per_group``, for incremental
+    rows that are a subset in another order; None: the query rows are every row of every group
+    in order. A group's queries (its rows' Tq positions each) are attended together as the query
+    positions of one row; slots without a query attend with a zero query.
     """
     if slots is None and per_group == 1:
         return attend(attn, query, keys, values, visible)
@@ -100,14 +100,18 @@ def attend_grouped(
     if slots is None:
         packed = q.transpose(0, 1).reshape(num_groups, per_group * tq, channels)
     else:
-        packed = q.new_zeros(num_groups, per_group, channels).index_put_(slots, q[0])
+        group, slot = slots
+        if tq > 1:  # a row's positions take consecutive slots
+            offsets = torch.arange(tq, device=slot.device)[:, None]
+            slots = (group.expand(tq, num_rows), slot * tq + offsets)
+        packed = q.new_zeros(num_groups, per_group * tq, channels).index_put_(slots, q[0] if tq == 1 else q)
     packed = packed.view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
     out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=visible, dropout_p=_dropout_p(attn))
     out = out.transpose(1, 2)
     if slots is None:
         out = out.reshape(num_rows, tq, channels).transpose(0, 1)
     else:
-        out = out[slots].view(1, num_rows, channels)
+        out = out[slots].view(tq, num_rows, channels)
     return few_rows_linear(attn.out_proj, out)
 
 

@@ -1,8 +1,9 @@
 """Linear layers applied to few rows: the kernel matters.
 
 Two products of a HashEE model have few rows against a large weight: a
-layer's products over the positions it still updates (often a few dozen
-gathered rows, a shape stock BART never produces in its encoder), and the
+layer's products over the positions it still updates (a narrow prefix of the
+ordered states, often a few dozen rows, a shape stock BART never produces in
+its encoder), and the
 decoder's output projection at a generation step (one row per hypothesis
 against the vocabulary-sized weight: bart_base, beam 4, batch 1 is 4 x 768
 against 50,265 x 768). On CPU, MKL's sgemm behind ``F.linear`` loses much of its

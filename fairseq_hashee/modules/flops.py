@@ -81,6 +81,36 @@ def encoder_flops(shape: StackShape, exits: Tensor) -> float:
     return float(kv + (exits * per_layer).sum())
 
 
+def _decoder_layer(shape: StackShape, positions: Tensor, src_lengths: Tensor) -> Tensor:
+    """One decoder layer's FLOPs for a position at 0-based ``positions`` reading ``src_lengths``
+    source positions (broadcast together): self- and cross-attention query and output
+    projections, FFN, scores and weighted sums (its keys and values are counted per position)."""
+    d, f = shape.embed_dim, shape.ffn_dim
+    return 8.0 * d * d + 4.0 * d * f + 4.0 * d * (positions.double() + 1.0) + 4.0 * d * src_lengths.double()
+
+
+def synchronized_layers(exits: Tensor, num_layers: int) -> Tensor:
+    """The layers each position (B, T) runs under a synchronized rule (FREE, docs/design.md
+    section 8) that decided ``exits``: every layer, except the positions after a row's last one
+    that went to the top, which no later position takes deep (their exit's)."""
+    deep = exits == num_layers
+    deep_later = deep.flip(1).cummax(dim=1).values.flip(1)  # some position at or after t goes deep
+    return torch.where(deep_later & (exits > 0), torch.full_like(exits, num_layers), exits)
+
+
+def flushed(shape: StackShape, shallow_layer: int, block, source_lengths: Optional[Tensor], num_rows: int) -> float:
+    """The deep layers a synchronized step of ``num_rows`` rows ran for the positions its rows had
+    left pending (``block``, modules/kv_cache.SynchronizedBlock; ``source_lengths`` as in
+    ``SpeedupMeter.add_decoder``): the step's own position is counted with its exit."""
+    computed = block.computed.clone()
+    computed[-1] = False
+    reads = torch.zeros_like(block.rows)
+    if source_lengths is not None:
+        reads = source_lengths.repeat_interleave(num_rows // source_lengths.size(0))[block.rows]
+    per_layer = _decoder_layer(shape, block.positions[:, None], reads[None, :])
+    return float((shape.layers - shallow_layer) * (per_layer * computed).sum())
+
+
 def decoder_flops(
     shape: StackShape,
     exits: Tensor,
@@ -94,14 +124,11 @@ def decoder_flops(
     ``cross_kv_lengths`` are the source lengths whose cross-attention keys and
     values this call projects (None when they come from the cache).
     """
-    d, f, num_layers = shape.embed_dim, shape.ffn_dim, shape.layers
+    d, num_layers = shape.embed_dim, shape.layers
     real = (exits > 0).double()
-    exits = exits.double()
-    per_layer = (
-        8.0 * d * d + 4.0 * d * f + 4.0 * d * (positions.double() + 1.0) + 4.0 * d * src_lengths.double()[:, None]
-    )
+    per_layer = _decoder_layer(shape, positions, src_lengths[:, None])
     per_position = 4.0 * d * d * num_layers + 2.0 * d * shape.vocab
-    total = (exits * per_layer).sum() + per_position * real.sum()
+    total = (exits.double() * per_layer).sum() + per_position * real.sum()
     if cross_kv_lengths is not None:
         total = total + 4.0 * d * shape.kv_input_dim * num_layers * cross_kv_lengths.double().sum()
     return float(total)
@@ -134,6 +161,7 @@ class SpeedupMeter:
         first_position: int,
         source_lengths: Optional[Tensor],
         extra_flops: float = 0.0,
+        layers_run: Optional[Tensor] = None,
     ):
         """One decoder call over positions ``exits`` (B, T) from absolute position
         ``first_position`` on (an incremental step: T = 1).
@@ -142,7 +170,8 @@ class SpeedupMeter:
         cross-attention): B // G query rows read each (beamable attention: a sentence's
         hypotheses), and the call that starts at position 0 projects them (teacher-forced,
         every call; incrementally, the first step). ``extra_flops``: what exit rules and
-        heads spent beyond the layers (spent, never in the full model).
+        heads spent beyond the layers (spent, never in the full model). ``layers_run`` (B, T): the
+        layers each position ran where that is not its exit (a synchronized rule's, section 8).
         """
         num_rows, length = exits.shape
         positions = first_position + torch.arange(length, device=exits.device).expand(num_rows, length)
@@ -152,9 +181,10 @@ class SpeedupMeter:
             read = source_lengths.repeat_interleave(num_rows // source_lengths.size(0))
             projected = source_lengths if first_position == 0 else None
         full = shape.full()
+        ran = exits if layers_run is None else layers_run
         self.add(
             "decoder",
-            decoder_flops(shape, exits, positions, read, projected) + extra_flops,
+            decoder_flops(shape, ran, positions, read, projected) + extra_flops,
             decoder_flops(full, _as_full(exits, full.layers), positions, read, projected),
             exits,
         )

@@ -23,7 +23,7 @@ from torch import Tensor
 from .active_attention import attend, attend_grouped, project_kv
 from .few_rows_linear import few_rows_linear
 from .kv_cache import IncrementalState, SelfAttentionCache, SourceRows, cross_attention_kv
-from .layer_plan import LayerPlan, Plan, Prefix, StepRows
+from .layer_plan import LayerPlan, Plan, Prefix, StepBlock, StepRows
 
 
 class LayerInputs(NamedTuple):
@@ -65,6 +65,8 @@ class _PlannedLayer:
             return self.forward_stock(x, inputs)
         if isinstance(plan, StepRows):
             return self.forward_step(x, plan, inputs)
+        if isinstance(plan, StepBlock):
+            return self.forward_block(x, plan, inputs)
         return self.forward_prefix(x, plan, inputs)
 
     def _close_residual(self, update: Tensor, residual: Tensor, layer_norm) -> Tensor:
@@ -139,9 +141,24 @@ class HashEEDecoderLayer(_PlannedLayer, TransformerDecoderLayerBase):
         h = self._cross_attention(h, inputs)
         return _write_prefix(x, self._feed_forward(h), None, in_place=False, dim=1)
 
+    def forward_block(self, x: Tensor, plan: StepBlock, inputs: LayerInputs) -> Tensor:
+        """A deep layer of a synchronized step (FREE, docs/design.md section 8): the first
+        ``plan.count`` rows of ``x`` (1, rows, C) run it for this position and, in the same call, for
+        the positions they left pending; the other rows' states wait in the cache."""
+        block = inputs.self_cache.synchronize(x, plan.count)
+        if block is None:
+            return x
+        kv_in = self._attention_input(block.states, self.self_attn_layer_norm)
+        keys, values, visible = inputs.self_cache.block_keys_values(self.self_attn, kv_in)
+        attn = attend(self.self_attn, kv_in, keys, values, visible)
+        h = self._cross_attention(self._close_residual(attn, block.states, self.self_attn_layer_norm), inputs)
+        block.states = self._feed_forward(h)
+        return _write_prefix(x, block.states[-1:], None, in_place=False, dim=1)
+
     def _cross_attention(self, h: Tensor, inputs: LayerInputs) -> Tensor:
         """Cross-attention sublayer of the queries ``h`` (Tq, N, C): every row teacher-forced, a
-        step's first N rows in its order incrementally; each reads its key row (``inputs.sources``)."""
+        step's first N rows in its order incrementally (at Tq positions in a synchronized block);
+        each reads its key row (``inputs.sources``)."""
         if self.encoder_attn is None or inputs.encoder_out is None:
             return h
         sources = inputs.sources

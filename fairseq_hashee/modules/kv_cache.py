@@ -20,7 +20,7 @@ Cross-attention: ``prev_key``/``prev_value`` of the encoder output in the
 attention module's own fairseq buffer, projected once per generation at its
 first step; with fairseq's beamable attention one row per sentence instead of
 one per hypothesis, left alone by fairseq's reorder while every sentence is
-live.
+live. ``SourceRows`` says which of those key rows each query row reads.
 """
 
 import functools
@@ -69,6 +69,25 @@ class _StepGather(NamedTuple):
     visible: Optional[Tensor]  # (rows, 1, 1, positions): the keys each row sees; None: all
 
 
+class SynchronizedBlock:
+    """One step's queries at its deep layers under FREE's synchronized parallel decoding
+    (docs/design.md section 8): the step's first ``n`` rows in its order (those that went deep),
+    each at the last ``W`` positions. ``computed`` (W, n) marks the step's own position and those
+    the row left pending; the others (earlier positions of a row that left fewer pending) are
+    computed and thrown away, as a prefix's slack is, and never written."""
+
+    __slots__ = ("rows", "flat", "positions", "computed", "visible", "entry", "states")
+
+    def __init__(self, rows: Tensor, flat: Tensor, positions: Tensor, computed: Tensor, visible, entry: Tensor):
+        self.rows = rows  # (n,) the rows, by their index in the step (for the FLOPs meter)
+        self.flat = flat  # (W, n) each query's (position, physical row) in a store flattened to its slots
+        self.positions = positions  # (W,) absolute positions
+        self.computed = computed
+        self.visible = visible  # (n or 1, 1, W, positions so far): the keys each query sees (causal, no padding)
+        self.entry = entry  # (W, n, C) the inputs of the first deep layer (the shallow exit's states)
+        self.states = entry  # the inputs of the next deep layer
+
+
 class SelfAttentionCache:
     """Every decoder layer's self-attention keys and values of one incremental generation.
 
@@ -94,6 +113,11 @@ class SelfAttentionCache:
         self._column_order: Optional[RowOrder] = None  # the order the step's column is laid out in
         self._gathered: Optional[_StepGather] = None
         self._physical: Optional[Tuple[Optional[RowOrder], Tensor]] = None  # per order: physical row of each place
+        # FREE's synchronized parallel decoding, once a step has deep layers (StepBlock plans):
+        self.stacked: Optional[Tensor] = None  # (capacity, physical rows, C): each position's input to the deep layers
+        self.pending: Optional[Tensor] = None  # (capacity, physical rows, 1): True where those layers have not run
+        self.block: Optional[SynchronizedBlock] = None  # this step's, from its first deep layer on
+        self._synchronized = False  # whether this step's first deep layer has run
 
     @classmethod
     def for_step(cls, decoder, incremental_state: IncrementalState, planner: StackPlanner, padding: Optional[Tensor]):
@@ -133,6 +157,7 @@ class SelfAttentionCache:
         self.length = t + 1
         self._planner, self._column_order = planner, order
         self._gathered = self._physical = None
+        self.block, self._synchronized = None, False
 
     def reorder(self, new_order: Tensor) -> None:
         """Beam search's reorder: row r continues old row ``new_order[r]``; no key moves."""
@@ -206,6 +231,56 @@ class SelfAttentionCache:
     def waiting(self, attn: MultiheadAttention) -> int:
         """How many positions' keys at this layer are not projected yet, this step's included."""
         return self.length - self._store(attn).projected
+
+    def synchronize(self, x: Tensor, count: int) -> Optional[SynchronizedBlock]:
+        """The step's block at its deep layers, made at the first of them from that layer's input
+        ``x`` (1, rows, C): every row's state is stacked, the rows past the first ``count`` are left
+        pending, and the first ``count`` rows take their pending positions along (one host read: how
+        many positions the longest of them left). None when no row goes deep."""
+        if self._synchronized:
+            return self.block
+        self._synchronized = True
+        t, capacity = self.length - 1, self.ancestry.size(1)
+        self.stacked = _room(self.stacked, capacity, self.num_physical, x)
+        self._write(self.stacked[t], x[0])
+        places = torch.arange(x.size(1), device=x.device)
+        self.pending = _room(self.pending, capacity, self.num_physical, places.new_zeros(1, 1, dtype=torch.bool))
+        self._write(self.pending[t], (places >= count)[:, None])
+        if count == 0:
+            return None
+        index = self._gather().index[:count]  # (n, t + 1)
+        pending = self.pending.view(-1).index_select(0, index.reshape(-1)).view(count, t + 1)
+        width = int(pending.sum(dim=1).max()) + 1
+        positions = torch.arange(t + 1 - width, t + 1, device=x.device)
+        flat = index[:, t + 1 - width :].t()  # (W, n)
+        computed = pending[:, t + 1 - width :].t() | (positions == t)[:, None]
+        self.pending.view(-1).index_fill_(0, flat.reshape(-1), False)  # computed now, or never pending
+        causal = torch.arange(t + 1, device=x.device)[None, :] <= positions[:, None]  # (W, t + 1)
+        padding = self._gather().visible
+        visible = causal[None, None] if padding is None else causal & padding[:count]  # (n or 1, 1, W, t + 1)
+        entry = self.stacked.view(-1, x.size(-1)).index_select(0, flat.reshape(-1)).view(width, count, -1)
+        order = self._planner.order
+        rows = order.rows[:count] if order is not None else places[:count]
+        self.block = SynchronizedBlock(rows, flat, positions, computed, visible, entry)
+        return self.block
+
+    def block_keys_values(self, attn: MultiheadAttention, kv_in: Tensor) -> KeysValues:
+        """Keys and values (n, heads, positions, head_dim) of the block's rows at a deep layer whose
+        inputs for the block's queries are ``kv_in`` (W, n, C): the computed queries' keys and
+        values are written first, in one product, so that each query reads its own and those of
+        the positions before it, all computed from their own states."""
+        block, store = self.block, self._store(attn)
+        kv = project_kv_fused(attn, kv_in)  # (W, n, 2C)
+        store.kv = _room(store.kv, self.ancestry.size(1), self.num_physical, kv)
+        slots = store.kv.view(-1, kv.size(-1))
+        index = block.flat.reshape(-1)
+        kept = slots.index_select(0, index).view_as(kv)
+        slots.index_copy_(0, index, torch.where(block.computed[..., None], kv, kept).reshape(-1, kv.size(-1)))
+        count = kv.size(1)
+        gathered = slots.index_select(0, self._gather().index[:count].reshape(-1))
+        gathered = gathered.view(count, self.length, 2, attn.num_heads, attn.head_dim)
+        keys, values = gathered.permute(2, 0, 3, 1, 4).unbind(0)
+        return keys, values, block.visible
 
     def _store(self, attn: MultiheadAttention) -> _LayerStore:
         store = self._stores.get(attn._incremental_state_id)

@@ -24,7 +24,10 @@ A layer's plan is one of:
 - ``Prefix`` (teacher-forced): the first ``size`` positions of each ordered
   row, through a mask where some row has fewer active positions than that;
 - ``StepRows`` (an incremental step): the first ``count`` rows of the step's
-  order; with none, the layer still hands its input to the cache.
+  order; with none, the layer still hands its input to the cache;
+- ``StepBlock`` (an incremental step, the deep layers of FREE's synchronized
+  parallel decoding, docs/design.md section 8): the first ``count`` rows run
+  the layer for the step's position and the positions they left pending.
 
 ``StackPlanner.read`` is the forward's one host read: the counts of every
 layer at once, before the first layer (one per step when decoding
@@ -63,7 +66,14 @@ class StepRows(NamedTuple):
     count: int
 
 
-LayerPlan = Union[Plan, Prefix, StepRows]
+class StepBlock(NamedTuple):
+    """A deep layer of a synchronized step: its first ``count`` rows in the step's order run it for
+    this position and, in the same call, for every earlier position they exited shallow."""
+
+    count: int
+
+
+LayerPlan = Union[Plan, Prefix, StepRows, StepBlock]
 
 
 class LayerCounts(NamedTuple):
@@ -193,7 +203,8 @@ class StackPlanner:
     step, whose rows are ordered instead of its positions. ``causal``: a
     teacher-forced decoder (its masks follow time). ``skips``: the layers run
     the plans on ordered states (the skip path); the masked reference keeps the
-    states as they are and asks only ``active_mask``.
+    states as they are and asks only ``active_mask``. ``synchronized_from``: a
+    step's layers from this one up are ``StepBlock``s (FREE's deep layers).
     """
 
     def __init__(
@@ -204,6 +215,7 @@ class StackPlanner:
         step: bool = False,
         causal: bool = False,
         skips: bool = True,
+        synchronized_from: Optional[int] = None,
     ):
         self.exits = exits
         self.num_layers = num_layers
@@ -211,6 +223,7 @@ class StackPlanner:
         self.step = step
         self.causal = causal
         self.skips = skips
+        self.synchronized_from = synchronized_from
         self.counts: Optional[LayerCounts] = None
         self.order: Optional[Order] = None
         self._visible: Optional[Tensor] = None
@@ -248,7 +261,8 @@ class StackPlanner:
             return StepRows(self.exits.size(0)) if self.step else Plan.EVERY
         most, fewest, total = (column[layer - 1] for column in self.counts[:3])
         if self.step:
-            return StepRows(total)
+            synchronized = self.synchronized_from is not None and layer >= self.synchronized_from
+            return StepBlock(total) if synchronized else StepRows(total)
         if total == 0:
             return Plan.SKIP
         if self.order is None:

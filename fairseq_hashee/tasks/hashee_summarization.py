@@ -133,6 +133,14 @@ class HashEESummarizationConfig(TranslationConfig):
             "threshold"
         },
     )
+    use_adapt_threshold: bool = field(
+        default=False,
+        metadata={
+            "help": "the free rule's adaptive threshold (FREE's Beta mixture estimator): refitted at the start of "
+            "each generation from the shallow confidences and shallow/deep agreement of the positions computed "
+            "deeply so far; --exit-threshold is used until the first fit"
+        },
+    )
     exit_threshold_decay_length: Optional[int] = field(
         default=None,
         metadata={
@@ -215,6 +223,7 @@ class HashEESummarizationTask(TranslationTask):
         if rule is None:
             rule_options = {
                 "--exit-threshold": cfg.exit_threshold,
+                "--use-adapt-threshold": cfg.use_adapt_threshold or None,
                 "--exit-patience": cfg.exit_patience,
                 "--exit-threshold-decay": cfg.exit_threshold_decay,
             }
@@ -224,6 +233,10 @@ class HashEESummarizationTask(TranslationTask):
                         f"{option}: the model has no dynamic exit rule (it was built without --decoder-exit-rule)"
                     )
             return
+        if cfg.use_adapt_threshold:
+            if not hasattr(rule, "use_adaptive_threshold"):
+                raise HashEEError(f"--use-adapt-threshold: the {rule.name} rule has no adaptive threshold (FREE's has)")
+            rule.use_adaptive_threshold(True)
         if cfg.exit_patience is not None:
             if not hasattr(rule, "set_patience"):
                 raise HashEEError(f"--exit-patience: the {rule.name} rule takes no patience (the agreement rule does)")
