@@ -303,7 +303,7 @@ def build_methods(encoder_layers: int, decoder_layers: int) -> Dict[str, Method]
 
 
 # The decoder methods a combined row ``hashee-enc+PART`` runs under HashEE's encoder exits.
-COMBINED_PARTS = ("static-dec", "calm", "dat", "consistentee", "leco")
+COMBINED_PARTS = ("static-dec", "calm", "dat", "consistentee", "leco", "free")
 ENCODER_PART = "hashee-enc"
 
 
