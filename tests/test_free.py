@@ -59,6 +59,15 @@ def _reference(model, tokens, encoder_out, decided):
     return torch.where((decided == rule.shallow_layer)[..., None], shallow, full)
 
 
+def _targets(dictionary, seed, bsz, src_len, steps):
+    """Sources and random targets that start with the end of sentence, as decoding does."""
+    gen = torch.Generator().manual_seed(seed)
+    src, src_lengths, _ = random_batch(dictionary, gen, bsz=bsz, src_len=src_len)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (bsz, steps), generator=gen)
+    tokens[:, 0] = dictionary.eos()
+    return src, src_lengths, tokens
+
+
 def _rows(model, encoder_out, rows):
     """``encoder_out`` with these rows: fairseq's reorder, which BART's set_beam_size turns off."""
     return type(model.encoder).reorder_encoder_out(model.encoder, encoder_out, rows)
@@ -132,11 +141,7 @@ def test_a_stacked_positions_deep_keys_come_from_its_own_states():
     decoder = model.decoder
     with torch.no_grad():  # a layer between the shallow exit and the top that moves the states
         decoder.layers[SHALLOW].fc2.weight.mul_(50.0)
-    gen = torch.Generator().manual_seed(10)
-    dictionary = decoder.dictionary
-    src, src_lengths, _ = random_batch(dictionary, gen, bsz=3, src_len=10)
-    tokens = torch.randint(dictionary.nspecial, len(dictionary), (3, 9), generator=gen)
-    tokens[:, 0] = dictionary.eos()
+    src, src_lengths, tokens = _targets(decoder.dictionary, seed=10, bsz=3, src_len=10, steps=9)
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths)
         state, decided = {}, []
@@ -167,11 +172,8 @@ def test_counted_flops_are_executed_but_the_blocks_causal_slack():
     """Batch 1: what the meter counts, plus the scores a synchronized block's causal mask throws away
     (sdpa computes every query against every key), is what torch counts."""
     model = _free_model(3)
-    dictionary, decoder = model.decoder.dictionary, model.decoder
-    gen = torch.Generator().manual_seed(3)
-    src, src_lengths, _ = random_batch(dictionary, gen, bsz=1, src_len=12)
-    prev = torch.randint(dictionary.nspecial, len(dictionary), (1, 10), generator=gen)
-    prev[0, 0] = dictionary.eos()
+    decoder = model.decoder
+    src, src_lengths, prev = _targets(decoder.dictionary, seed=3, bsz=1, src_len=12, steps=10)
     slack, widths = 0, []
     with torch.no_grad(), flops.measuring(model) as meter:
         encoder_out = model.encoder(src, src_lengths)
@@ -201,10 +203,8 @@ def test_one_more_host_read_when_a_step_goes_deep(monkeypatch):
     positions the block takes along too."""
     model = _free_model(0)
     dictionary, decoder = model.decoder.dictionary, model.decoder
-    gen = torch.Generator().manual_seed(10)  # exits 4 2 4 2 2 2 4 4: blocks of 2 and 4 positions
-    src, src_lengths, _ = random_batch(dictionary, gen, bsz=1, src_len=8)
-    prev = torch.randint(dictionary.nspecial, len(dictionary), (1, 8), generator=gen)
-    prev[:, 0] = dictionary.eos()
+    # Exits 4 2 4 2 2 2 4 4: blocks of 2 and 4 positions.
+    src, src_lengths, prev = _targets(dictionary, seed=10, bsz=1, src_len=8, steps=8)
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths)
         state, reads = {}, []

@@ -50,7 +50,7 @@ from torch import Tensor
 from ..errors import HashEEError
 from ..exits.free import ShallowDeepRule
 from ..exits.rules import every_layer_in_eval
-from .multi_exit import check_exit_heads, layer_logits
+from .multi_exit import check_exit_heads, layer_logits, logged_sample
 
 NAME = "free_shallow_deep"
 
@@ -118,18 +118,11 @@ class FreeShallowDeepCriterion(LabelSmoothedCrossEntropyCriterion):
             distill = layerwise_distillation(
                 [states[layer] for layer in teacher_layers(deep, shallow)], states[1 : shallow + 1]
             )
-            sample_tokens = sample["ntokens"] if not self.sentence_avg else sample["target"].size(0)
+            per = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
             # Per token (or sentence) like the summed cross-entropies, so the weight means what FREE's does.
-            loss = loss + self.distill_layer_alpha * distill * sample_tokens
-            logging_output["loss_distill"] = distill.data * sample_tokens
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output.update(
-            loss=loss.data,
-            nll_loss=nll_loss.data,  # the top layer's
-            ntokens=sample["ntokens"],
-            nsentences=sample["target"].size(0),
-            sample_size=sample_size,
-        )
+            loss = loss + self.distill_layer_alpha * distill * per
+            logging_output["loss_distill"] = distill.data * per
+        sample_size = logged_sample(logging_output, sample, loss, nll_loss, self.sentence_avg)
         return loss, sample_size, logging_output
 
     @classmethod

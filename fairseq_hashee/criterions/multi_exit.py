@@ -50,6 +50,20 @@ def layer_logits(model, net_output, layer: int):
     return decoder.exit_heads.logits(decoder, layer, net_output[1]["inner_states"][layer].transpose(0, 1))
 
 
+def logged_sample(logging_output: dict, sample, loss, nll_loss, sentence_avg: bool):
+    """Add what fairseq logs of every sample (``nll_loss`` the top layer's) to ``logging_output``;
+    returns the sample size the loss is divided by."""
+    sample_size = sample["target"].size(0) if sentence_avg else sample["ntokens"]
+    logging_output.update(
+        loss=loss.data,
+        nll_loss=nll_loss.data,
+        ntokens=sample["ntokens"],
+        nsentences=sample["target"].size(0),
+        sample_size=sample_size,
+    )
+    return sample_size
+
+
 def check_exit_heads(model, criterion: str) -> None:
     if not hasattr(getattr(model, "decoder", None), "exit_heads"):
         raise HashEEError(f"--criterion {criterion} needs a HashEE model (--arch hashee_bart_base, ...)")
@@ -102,14 +116,7 @@ class MultiExitLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCrite
             loss = loss + weight * layer_loss
             logging_output[f"loss_layer{layer}"] = layer_loss.data
         loss = loss / sum(weights)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output.update(
-            loss=loss.data,
-            nll_loss=nll_loss.data,  # the top layer's
-            ntokens=sample["ntokens"],
-            nsentences=sample["target"].size(0),
-            sample_size=sample_size,
-        )
+        sample_size = logged_sample(logging_output, sample, loss, nll_loss, self.sentence_avg)
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output.update(n_correct=n_correct.item(), total=total.item())
