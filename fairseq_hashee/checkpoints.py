@@ -46,14 +46,18 @@ _TORCH_ADVICE = (" Please use", " This is an internal miniz error", "  (Could th
 
 def _torch_reason(err: Exception) -> str:
     """What torch's error says is wrong, without its advice: the restricted unpickler's own
-    finding when it refused something, else the message's first line."""
+    finding when it refused something (after "WeightsUnpickler error:", or the paragraph of a
+    "Weights only load failed" message that names what it met), else the message's first line."""
     text = str(err).strip()
+    refused = "WeightsUnpickler error:" in text or text.startswith("Weights only load failed")
     finding = text.partition("WeightsUnpickler error:")[2].strip()
-    reason = "torch's safe loader refused it: " + finding if finding else text
-    reason = reason.splitlines()[0] if reason else ""
-    for advice in _TORCH_ADVICE:
-        reason = reason.split(advice)[0]
-    return reason.strip() if reason and "weights_only" not in reason else type(err).__name__
+    for paragraph in [finding] if finding else text.split("\n\n"):
+        line = paragraph.strip().splitlines()[0] if paragraph.strip() else ""
+        for advice in _TORCH_ADVICE:
+            line = line.split(advice)[0].strip()
+        if line and "weights_only" not in line and not line.startswith("Weights only load failed"):
+            return "torch's safe loader refused it: " + line if refused else line
+    return type(err).__name__
 
 
 def unloadable(path: str, err: Exception) -> HashEEError:

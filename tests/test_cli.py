@@ -404,8 +404,8 @@ def test_a_checkpoint_carrying_a_callable_is_refused(trained, data_bin, tmp_path
     evil = tmp_path / "evil.pt"
     torch.save(state, evil)
     proc = generate(data_bin, evil, check=False)
-    assert proc.returncode != 0
-    assert "Weights only load failed" in proc.stderr
+    line = _one_error_line(proc)
+    assert "torch's safe loader refused it" in line and "posix.system" in line and "weights_only" not in line
     assert not marker.exists()
 
 
