@@ -147,6 +147,7 @@ class ExitRule(nn.Module):
     # False: an exited position is frozen (section 1). True (FREE's): it is stacked, and its layers above
     # the exit run later, when its hypothesis next goes deep (docs/design.md section 8).
     synchronized = False
+    adaptive = False  # a threshold refitted from what decoding shows (FREE's --use-adapt-threshold)
 
     def __init__(self):
         super().__init__()
@@ -164,6 +165,9 @@ class ExitRule(nn.Module):
     def decides_at(self, layer: int) -> bool:
         """Whether the rule looks at positions after ``layer`` at all (else: no cost, no host read)."""
         return layer >= self.min_layer
+
+    def begin_generation(self) -> None:
+        """Called at the first step of each generation; an adaptive threshold refits here."""
 
     def decide(
         self, decoder, layer: int, h: Tensor, h_prev: Tensor, current: Tensor, memory: Optional[PositionMemory] = None

@@ -332,7 +332,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
             kv_cache.project_sources(self.layers, enc, enc_padding_mask, incremental_state, x.size(1))
         pad = tokens.eq(self.padding_idx)
         rule = self._active_rule()
-        if step and first_position == 0 and rule is not None and hasattr(rule, "begin_generation"):
+        if step and first_position == 0 and rule is not None:
             rule.begin_generation()
         planner = self.planner(self.token_exits(tokens), step=step, causal=not step)
         counts = planner.read()
@@ -376,7 +376,7 @@ class HashEEDecoder(ExitTableMixin, PlannedStackMixin, TransformerDecoderBase):
         cache = call.inputs.self_cache
         block = cache.block if cache is not None else None
         rule = self._active_rule()
-        if block is not None and getattr(rule, "adaptive", False):
+        if block is not None and rule.adaptive:
             rule.observe(self, block.entry, block.states, block.computed)
         if self.speedup_meter is not None:
             self._measure(run, call, block)
