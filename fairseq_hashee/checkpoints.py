@@ -12,7 +12,10 @@ A file torch cannot load at all (truncated, damaged, not written by torch.save)
 gets one line naming it, the same from our commands (``load_checkpoint``) and
 from fairseq's (``name_unloadable_checkpoints``), and never torch's advice to
 turn ``weights_only`` off: the file is broken, and that advice would run
-whatever it holds.
+whatever it holds. A checkpoint that is not there gets one line too
+(``refuse_missing_checkpoints``): fairseq-generate's is a traceback, and
+fairseq-train given a ``--restore-file`` that does not exist silently trains
+from random weights.
 """
 
 import argparse
@@ -31,6 +34,8 @@ FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
 # The first bytes of what torch.save writes: a zip archive (torch >= 1.6), or a pickle stream
 # (the legacy format of older releases, protocol 2 or above: the PROTO opcode).
 ZIP_MAGIC, PICKLE_PROTO = b"PK\x03\x04", b"\x80"
+
+MISSING = "no such checkpoint file"
 
 
 def allow_fairseq_checkpoint_globals() -> None:
@@ -82,7 +87,7 @@ def unloadable(path: str, err: Exception) -> HashEEError:
 def load_checkpoint(path: str) -> Dict:
     """A fairseq checkpoint (model state, config, optimizer history), loaded with pickle safety on."""
     if not os.path.isfile(path):
-        raise HashEEError(f"{path}: no such checkpoint file")
+        raise HashEEError(f"{path}: {MISSING}")
     allow_fairseq_checkpoint_globals()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,6 +129,42 @@ def name_unloadable_checkpoints() -> None:
 
     load_checkpoint_to_cpu._hashee = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def refuse_missing_checkpoints() -> None:
+    """Have fairseq's commands name a checkpoint that is not there in one line: ``--path`` of
+    fairseq-generate and -interactive (fairseq raises "Model file not found" with a traceback),
+    and an explicit ``--restore-file`` of fairseq-train, which fairseq would skip with a log line
+    and then fine-tune nothing: a mistyped path to BART must not cost a run from scratch."""
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    load_ensemble, load_training = checkpoint_utils.load_model_ensemble_and_task, checkpoint_utils.load_checkpoint
+    if getattr(load_ensemble, "_hashee", False):
+        return
+
+    @functools.wraps(load_ensemble)
+    def load_model_ensemble_and_task(*args, **kwargs):
+        try:
+            return load_ensemble(*args, **kwargs)
+        except OSError as err:
+            _, found, path = str(err).partition("Model file not found: ")
+            if not found or type(err) is not OSError:
+                raise
+            raise HashEEError(f"{path}: {MISSING}") from None
+
+    @functools.wraps(load_training)
+    def load_checkpoint(cfg, trainer, *args, **kwargs):
+        if cfg.restore_file != "checkpoint_last.pt":  # fairseq's default: resume when it exists
+            suffix = trainer.checkpoint_suffix
+            path = cfg.restore_file.replace(".pt", suffix + ".pt") if suffix is not None else cfg.restore_file
+            if not PathManager.exists(path):
+                raise HashEEError(f"--restore-file {path}: {MISSING}")
+        return load_training(cfg, trainer, *args, **kwargs)
+
+    load_model_ensemble_and_task._hashee = True
+    checkpoint_utils.load_model_ensemble_and_task = load_model_ensemble_and_task
+    checkpoint_utils.load_checkpoint = load_checkpoint
 
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:

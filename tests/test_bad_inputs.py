@@ -217,6 +217,18 @@ def test_an_unloadable_checkpoint_gets_the_same_line_from_every_command(
     assert not list((tmp_path / "resumed").glob("*.pt"))
 
 
+def test_a_missing_checkpoint_is_named_by_every_command(data_bin, tmp_path):
+    """fairseq-generate's own message is a traceback, and fairseq-train skips a --restore-file that
+    is not there and trains from random weights: both get one line, and training writes nothing."""
+    checkpoint = tmp_path / "bart.large" / "model.pt"
+    for tool in ("fairseq_cli.generate", "fairseq_cli.interactive"):
+        proc = _fairseq_command(tool, data_bin, checkpoint)
+        assert _one_error_line(proc) == f"error: {checkpoint}: no such checkpoint file", tool
+    proc = train(data_bin, tmp_path / "tuned", "--restore-file", checkpoint, "--max-update", 1, check=False)
+    assert _one_error_line(proc) == f"error: --restore-file {checkpoint}: no such checkpoint file"
+    assert not list((tmp_path / "tuned").glob("*.pt"))
+
+
 def test_sample_data_into_an_existing_file(tmp_path):
     out = tmp_path / "corpus"
     out.write_text("keep me\n")

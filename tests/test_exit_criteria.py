@@ -6,9 +6,10 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from fairseq.logging import metrics
 
 from fairseq_hashee.criterions.calm_exit_classifier import balanced_layer_loss
-from fairseq_hashee.criterions.dat_exit_classifier import exit_loss, live_states
+from fairseq_hashee.criterions.dat_exit_classifier import DatExitClassifierCriterion, exit_loss, live_states
 from fairseq_hashee.criterions.dat_joint import DatJointCriterion
 from fairseq_hashee.criterions.multi_exit import MultiExitLabelSmoothedCrossEntropyCriterion
 from fairseq_hashee.errors import HashEEError
@@ -133,6 +134,24 @@ def test_dat_joint_loss_is_the_decoder_loss_plus_alpha_times_the_exit_loss(rule)
 
     exit_grad = backbone_grad(1.0) - backbone_grad(0.0)
     assert float(exit_grad.abs().max()) > 1e-6  # the exit loss moves the first decoder layer too
+
+
+def test_dat_frozen_accuracy_is_over_the_halting_decisions():
+    """Halting decides once per layer a position reaches below the top: its accuracy is the share of
+    those decisions the oracle agrees with, never over 100 (dividing by the positions counted
+    a position exiting at layer 3 of 4 three times)."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=4, decoder_exit_rule="dat-halting").eval()
+    # no depth penalty: the likeliest layer, which on an untrained model is not always the first
+    criterion = DatExitClassifierCriterion(TinyTask(dictionary), "likelihood", 0.0, 0.0)
+    with torch.no_grad():
+        _, positions, log = criterion(model, training_sample(dictionary))
+    assert log["n_decisions"] > positions  # several decisions per position
+    with metrics.aggregate() as aggregated:
+        DatExitClassifierCriterion.reduce_metrics([log, {**log, "n_correct": 0}])
+    logged = aggregated.get_smoothed_values()
+    assert logged["correct"] == pytest.approx(100.0 * log["n_correct"] / (2 * log["n_decisions"]), abs=0.01)
+    assert logged["oracle_exit"] == pytest.approx(log["oracle_exit_sum"] / positions, abs=0.01)
 
 
 def test_dat_joint_validates_over_every_layer_and_refuses_other_rules():

@@ -97,7 +97,7 @@ class DatExitClassifierCriterion(FrozenBackboneCriterion):
     METRICS = {
         "loss": ("loss", 1.0, 3),
         "oracle_exit": ("oracle_exit_sum", 1.0, 2),
-        "correct": ("n_correct", 100.0, 2),
+        "correct": ("n_correct", 100.0, 2, "n_decisions"),  # halting decides at every layer a position reaches
     }
 
     def __init__(self, task, dat_oracle="likelihood", dat_oracle_penalty=0.1, dat_oracle_smoothing=0.0):
@@ -114,7 +114,7 @@ class DatExitClassifierCriterion(FrozenBackboneCriterion):
             logits = (layer_logits(model, net_output, layer) for layer in range(1, num_layers + 1))
             oracle = self.oracle.exits(logits, target, live)
             states = [None] + [live_states(net_output, live)(i) for i in range(1, num_layers)]
-        loss, correct, _ = exit_loss(rule, lambda layer: states[layer], oracle, num_layers)
+        loss, correct, decisions = exit_loss(rule, lambda layer: states[layer], oracle, num_layers)
         sample_size = int(oracle.numel())
         logging_output = {
             "loss": loss.data,
@@ -122,6 +122,7 @@ class DatExitClassifierCriterion(FrozenBackboneCriterion):
             "ntokens": sample["ntokens"],
             "nsentences": target.size(0),
             "n_correct": int(correct),
+            "n_decisions": int(decisions),
             "oracle_exit_sum": int(oracle.sum()),
         }
         return loss, sample_size, logging_output

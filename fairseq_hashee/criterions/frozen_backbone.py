@@ -2,8 +2,10 @@
 
 CALM's classifier, DAT's halting classifiers and ConsistentEE's policies each
 learn from the states a trained multi-exit model computes, and each reports a
-few per-sample means; a criterion names them in ``METRICS`` as
-``log name -> (summed key, scale, decimals)``.
+few means; a criterion names them in ``METRICS`` as
+``log name -> (summed key, scale, decimals[, summed denominator key])``, the
+denominator ``sample_size`` unless a mean is over something else (DAT's
+halting decisions, several per position).
 
 Running the backbone without gradients is not enough to keep it fixed: under
 ``--fp16``/``--bf16`` fairseq's mixed-precision optimizer gives every
@@ -21,7 +23,7 @@ from fairseq.logging import metrics
 
 
 class FrozenBackboneCriterion(FairseqCriterion):
-    METRICS: Dict[str, Tuple[str, float, int]] = {"loss": ("loss", 1.0, 3)}
+    METRICS: Dict[str, Tuple] = {"loss": ("loss", 1.0, 3)}
     frozen_backbone = True  # False: shares the logs only (ConsistentEE's joint stage trains every parameter)
 
     @classmethod
@@ -30,9 +32,10 @@ class FrozenBackboneCriterion(FairseqCriterion):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         sample_size = max(total("sample_size"), 1)
-        for name, (key, scale, decimals) in cls.METRICS.items():
+        for name, (key, scale, decimals, *over) in cls.METRICS.items():
             if any(key in log for log in logging_outputs):  # a metric some settings do not compute is not logged
-                metrics.log_scalar(name, scale * total(key) / sample_size, sample_size, round=decimals)
+                count = max(total(over[0]), 1) if over else sample_size
+                metrics.log_scalar(name, scale * total(key) / count, count, round=decimals)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
