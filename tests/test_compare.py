@@ -172,6 +172,7 @@ def test_calibrated_rows_reuse_the_trained_runs(compared, data_bin):
     options += ["--sweep", "calm=0.5", "--sweep", "leco=0", "--jobs", 2, "--calibrate", "0.5"]
     options += ["--calibrate-grid", "calm=0,1,0.5"]  # the default, 11 thresholds: tests/test_compare_methods.py
     options += ["--calibrate-p-value", "hb"]  # recomputable from the mean loss (WSR: tests/test_main_job.py)
+    options += ["--calibrate-loss", "risk"]  # in [0, 1], as Hoeffding-Bentkus's p-value below takes it
     proc = compare(data_bin, work, *options)
     assert proc.stdout.count("finished before") == 6  # no training for calibration
     assert (

@@ -47,7 +47,7 @@ def add_args(parser) -> None:
         metavar="DELTA[,EPSILON]",
         help="mark per method the fastest row Learn-then-Test certifies on the calibration split (epsilon default 0.1)",
     )
-    add_options(parser, "calibrate-", default_loss="risk")
+    add_options(parser, "calibrate-", default_loss="drop")
     parser.add_argument(
         "--calibrate-grid",
         action="append",
