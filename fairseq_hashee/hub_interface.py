@@ -34,7 +34,7 @@ from .tokenization.subwords import load_subwords
 @dataclass
 class Summaries:
     summaries: List[str]
-    speedup: Dict[str, float]  # flops.speedup_report: enc/dec/total_speedup, enc/dec_mean_exit
+    speedup: Dict[str, float]  # flops.speedup_report: enc/dec/total_speedup, enc/dec_mean_exit, dec_calls
     truncated: int  # documents cut to the model's source positions
 
     def report(self) -> str:

@@ -67,7 +67,8 @@ def test_one_row_per_method_and_knob_value(compared):
     assert rows["HashEE, encoder+decoder exits"]["encoder_mean_exit"] < 2.0
     for row in rows.values():
         assert len(row["seconds"]) == 1 and row["wall_x"] > 0
-        assert abs(row["efficiency"] - row["token_x"] / row["total_flops_x"]) < 1e-9 and row["tokens"] > 0
+        assert abs(row["efficiency"] - row["step_x"] / row["total_flops_x"]) < 1e-9 and row["tokens"] > 0
+        assert row["decoder_calls"] >= row["tokens"] / summary["test_documents"]  # the longest summary's steps, at least
         assert 0 <= row["rouge1"] <= 100 and row["distinct"] >= 1
         assert f"\n{row['label']:<40} {row['rouge1']:6.2f}" in first.stdout
     # three test documents, each with the reference and every row's summary
@@ -78,13 +79,16 @@ def test_one_row_per_method_and_knob_value(compared):
 
 def test_wall_speedup_is_the_median_over_interleaved_rounds():
     rows = [
-        {"seconds": [2.0, 4.0, 3.0], "tokens": 1000, "total_flops_x": 1.0},
-        {"seconds": [1.0, 1.0, 3.0], "tokens": 1500, "total_flops_x": 2.0},  # per round: 2.0, 4.0, 1.0
+        {"seconds": [2.0, 4.0, 3.0], "tokens": 1000, "decoder_calls": 100, "total_flops_x": 1.0},
+        # per round: 2.0, 4.0, 1.0
+        {"seconds": [1.0, 1.0, 3.0], "tokens": 1500, "decoder_calls": 50, "total_flops_x": 2.0},
     ]
     report.wall_speedups(rows)
-    assert rows[0]["wall_x"] == rows[0]["token_x"] == 1.0
-    # twice as fast over the test split, with half again as many tokens: 3x per token
-    assert rows[1]["wall_x"] == 2.0 and rows[1]["token_x"] == 3.0 and rows[1]["efficiency"] == 1.5
+    assert rows[0]["wall_x"] == rows[0]["token_x"] == rows[0]["step_x"] == 1.0
+    # twice as fast over the test split, with half again as many tokens (3x per token) in half the
+    # steps of beam search (each step as fast as full depth's: 1x)
+    assert rows[1]["wall_x"] == 2.0 and rows[1]["token_x"] == 3.0
+    assert rows[1]["step_x"] == 1.0 and rows[1]["efficiency"] == 0.5
 
 
 def test_the_frontier_plot_is_a_png(compared):

@@ -77,9 +77,26 @@ def test_no_exits_means_no_speedup():
 def test_the_report_line_reads_back():
     """Tools that read generation logs (hashee-compare) parse what the task logs."""
     report = dict(enc_speedup=2.274, dec_speedup=1.0, total_speedup=1.178, enc_mean_exit=1.5, dec_mean_exit=4.0)
-    line = "2026-11-30 | INFO | HashEE generation " + flops.format_report(report) + "\n"
-    assert flops.parse_report("noise\n" + line) == dict(report, enc_speedup=2.27, total_speedup=1.18)
+    for calls in ({}, {"dec_calls": 137.0}):  # the decoder's calls where the reporter counted them
+        line = "2026-11-30 | INFO | HashEE generation " + flops.format_report({**report, **calls}) + "\n"
+        expected = dict(report, enc_speedup=2.27, total_speedup=1.18, **calls)
+        assert flops.parse_report("noise\n" + line) == expected
     assert flops.parse_report("no report here") is None
+
+
+def test_the_meter_counts_each_stacks_calls():
+    """A generation's decoder calls are beam search's steps: one per incremental step, whatever exits."""
+    dictionary = tiny_dictionary()
+    model = build_hashee(dictionary, layers=3, encoder_hash_type="random", decoder_hash_type="random").eval()
+    src = torch.randint(4, len(dictionary), (2, 6))
+    with torch.no_grad(), flops.measuring(model) as meter:
+        encoder_out = model.encoder(src, torch.tensor([6, 6]))
+        state, prev = {}, torch.full((2, 1), dictionary.eos())
+        for _ in range(5):
+            logits, _ = model.decoder(prev, encoder_out=encoder_out, incremental_state=state)
+            prev = torch.cat([prev, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert meter.sums["encoder_calls"] == 1 and meter.sums["decoder_calls"] == 5
+    assert flops.speedup_report(meter.sums)["dec_calls"] == 5
 
 
 def test_hand_computed_encoder_flops():

@@ -196,7 +196,7 @@ def _generate_rows(args, data: Data, work: Path, points, checkpoints, references
         folder, checkpoint = _row_files(work, point, checkpoints)
         settings = {"checkpoint": str(checkpoint), "options": point.generate_options, "generate": data.generate_options}
         cached = load_json(folder / "result.json")
-        if cached is not None and cached["settings"] == settings and "tokens" in cached:
+        if cached is not None and cached["settings"] == settings and "decoder_calls" in cached:
             _say(f"   kept {folder} (generated before)")
         else:
             cached = generate(data, checkpoint, folder, point.generate_options)

@@ -261,6 +261,6 @@ def section(decisions: Sequence[Decision], rows: List[dict], calibration: Settin
         lines.append(
             f"  {point.label}: p {row['calibration']['p_value']:.3g}, mean loss on test "
             f"{row['calibration']['test_loss']:.3f} (delta {delta:g}), total x {row['total_flops_x']:.2f}, wall x "
-            f"{row['wall_x']:.2f}, tok x {row['token_x']:.2f}"
+            f"{row['wall_x']:.2f}, tok x {row['token_x']:.2f}, step x {row['step_x']:.2f}"
         )
     return "\n".join(lines)

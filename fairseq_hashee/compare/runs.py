@@ -29,7 +29,14 @@ USER_DIR = str(Path(__file__).resolve().parent.parent)
 _ROW_KEYS = dict(
     zip(
         flops.REPORT_KEYS,
-        ("encoder_flops_x", "decoder_flops_x", "total_flops_x", "encoder_mean_exit", "decoder_mean_exit"),
+        (
+            "encoder_flops_x",
+            "decoder_flops_x",
+            "total_flops_x",
+            "encoder_mean_exit",
+            "decoder_mean_exit",
+            "decoder_calls",
+        ),
     )
 )
 _TRANSLATED = re.compile(r"Translated (\S+) sentences \((\S+) tokens\) in .* \((\S+) sentences/s")
@@ -246,8 +253,8 @@ def save_without_tables(state: dict, target: Path) -> None:
 
 
 def read_report(log: Path) -> Dict[str, float]:
-    """The plugin's FLOPs report and fairseq-generate's throughput (seconds, tokens generated),
-    from a generation log."""
+    """The plugin's FLOPs report (with the decoder's calls, beam search's steps) and fairseq-generate's
+    throughput (seconds, tokens generated), from a generation log."""
     text = log.read_text(encoding="utf-8", errors="replace")
     report = flops.parse_report(text)
     translated = _TRANSLATED.search(text)

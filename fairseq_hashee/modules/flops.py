@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 STACKS = ("encoder", "decoder")
-QUANTITIES = ("flops_spent", "flops_full", "exit_sum", "positions")
+# calls: forwards of the stack (the decoder's, in generation, are beam search's steps of a batch)
+QUANTITIES = ("flops_spent", "flops_full", "exit_sum", "positions", "calls")
 METER_KEYS = tuple(f"{stack}_{quantity}" for stack in STACKS for quantity in QUANTITIES)
 
 
@@ -146,6 +147,7 @@ class SpeedupMeter:
         self.sums[_key(stack, "flops_full")] += full
         self.sums[_key(stack, "exit_sum")] += float(exits[real].double().sum())
         self.sums[_key(stack, "positions")] += float(real.sum())
+        self.sums[_key(stack, "calls")] += 1
 
     def spent(self, stack: str) -> float:
         return self.sums[_key(stack, "flops_spent")]
@@ -205,12 +207,14 @@ def speedup_report(sums: Dict[str, float]) -> Dict[str, float]:
         report[f"{short}_speedup"] = ratio(total("flops_full", [stack]), total("flops_spent", [stack]))
         report[f"{short}_mean_exit"] = ratio(total("exit_sum", [stack]), total("positions", [stack]))
     report["total_speedup"] = ratio(total("flops_full"), total("flops_spent"))
+    report["dec_calls"] = total("calls", ["decoder"])
     return report
 
 
-REPORT_KEYS = ("enc_speedup", "dec_speedup", "total_speedup", "enc_mean_exit", "dec_mean_exit")
+REPORT_KEYS = ("enc_speedup", "dec_speedup", "total_speedup", "enc_mean_exit", "dec_mean_exit", "dec_calls")
 _REPORT_LINE = re.compile(
-    r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x, total (\S+)x; mean exit layer: encoder (\S+), decoder (\S+)"
+    r"speed-up \(FLOPs\): encoder (\S+)x, decoder (\S+)x, total (\S+)x; mean exit layer: encoder (\S+), decoder "
+    r"([^\s;]+)(?:; decoder calls (\d+))?"
 )
 
 
@@ -219,13 +223,16 @@ def format_report(report: Dict[str, float]) -> str:
         f"speed-up (FLOPs): encoder {report['enc_speedup']:.2f}x, "
         f"decoder {report['dec_speedup']:.2f}x, total {report['total_speedup']:.2f}x; "
         f"mean exit layer: encoder {report['enc_mean_exit']:.2f}, decoder {report['dec_mean_exit']:.2f}"
+        + (f"; decoder calls {report['dec_calls']:.0f}" if report.get("dec_calls") else "")
     )
 
 
 def parse_report(text: str) -> Optional[Dict[str, float]]:
     """The figures of the first ``format_report`` line in ``text`` (e.g. a fairseq-generate log), or None."""
     found = _REPORT_LINE.search(text)
-    return None if found is None else dict(zip(REPORT_KEYS, map(float, found.groups())))
+    if found is None:
+        return None
+    return {key: float(value) for key, value in zip(REPORT_KEYS, found.groups()) if value is not None}
 
 
 @contextlib.contextmanager

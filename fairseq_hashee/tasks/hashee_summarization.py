@@ -405,4 +405,6 @@ def _report_generation_speedup():
     """Printed once when fairseq-generate / fairseq-interactive exits."""
     values = metrics.get_smoothed_values(_GENERATION_AGGREGATOR)
     if "total_speedup" in values:
-        logger.info("HashEE generation " + flops.format_report(values))
+        # beam search's steps: what a generation's wall-clock time follows at small sizes (compare/report.py)
+        calls = metrics.get_meters(_GENERATION_AGGREGATOR)["_hashee_decoder_calls"].sum
+        logger.info("HashEE generation " + flops.format_report({**values, "dec_calls": calls}))
