@@ -10,8 +10,8 @@ model is first trained from scratch on the same data (--base-updates) and
 stands in for the pretrained checkpoint. Prints the table (ROUGE, FLOPs and
 wall-clock speed-ups, efficiency) and three test documents with every row's
 summary side by side; writes WORK/compare.json, WORK/compare.txt and
-WORK/frontier.png (ROUGE-L against wall-clock speed-up). Resumable: finished
-training runs and generations are not redone.
+WORK/frontier.png (ROUGE-L against the wall-clock speed-up per decoding step).
+Resumable: finished training runs and generations are not redone.
 """
 
 import argparse

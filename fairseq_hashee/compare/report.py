@@ -90,7 +90,8 @@ def side_by_side(rows: List[dict], documents: Dict[int, str], count: int = 3, wi
 
 
 def plot(rows: List[dict], path: str, title: str) -> None:
-    """ROUGE-L against wall-clock speed-up, one curve per method: the quality/speed frontier."""
+    """ROUGE-L against the wall-clock speed-up per decoding step (step x: what the method decides,
+    where wall x also carries when each model's beams stop), one curve per method."""
     # fairseq's logging setup lets matplotlib print at DEBUG level, from its import on
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
@@ -105,17 +106,17 @@ def plot(rows: List[dict], path: str, title: str) -> None:
     for row in rows:
         methods.setdefault(row["method_label"], []).append(row)
     for label, points in methods.items():
-        points = sorted(points, key=lambda r: r["wall_x"])
-        xs, ys = [p["wall_x"] for p in points], [p["rougeL"] for p in points]
+        points = sorted(points, key=lambda r: r["step_x"])
+        xs, ys = [p["step_x"] for p in points], [p["rougeL"] for p in points]
         ax.plot(xs, ys, marker="*" if label == rows[0]["method_label"] else "o", markersize=8, label=label)
         for point in points:
             if point.get("value") is not None:
-                ax.annotate(point["value"], (point["wall_x"], point["rougeL"]), fontsize=7,
+                ax.annotate(point["value"], (point["step_x"], point["rougeL"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
     chosen = [row for row in rows if "calibration" in row]
     if chosen:
         ax.scatter(
-            [r["wall_x"] for r in chosen],
+            [r["step_x"] for r in chosen],
             [r["rougeL"] for r in chosen],
             s=140,
             facecolors="none",
@@ -124,7 +125,7 @@ def plot(rows: List[dict], path: str, title: str) -> None:
             label=f"certified (delta {chosen[0]['calibration']['delta']:g})",
         )
     ax.axvline(1.0, color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("generation wall-clock speed-up over full depth (x)")
+    ax.set_xlabel("wall-clock speed-up per decoding step over full depth (step x)")
     ax.set_ylabel("ROUGE-L")
     ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.grid(alpha=0.3)
