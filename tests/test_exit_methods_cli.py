@@ -6,6 +6,8 @@ import re
 import pytest
 from test_cli import LAYERS, _one_error_line, generate, train
 
+from fairseq_hashee.modules import flops
+
 pytestmark = pytest.mark.slow
 
 MULTI_EXIT = ["--criterion", "multi_exit_label_smoothed_cross_entropy", "--label-smoothing", 0.1]
@@ -16,11 +18,9 @@ def _hypotheses(proc):
 
 
 def _decoder_speedup(proc):
-    match = re.search(
-        r"speed-up \(FLOPs\): encoder \S+x, decoder (\S+)x.*mean exit layer: encoder \S+, decoder (\S+)", proc.stderr
-    )
-    assert match, proc.stderr[-2000:]
-    return float(match.group(1)), float(match.group(2))
+    report = flops.parse_report(proc.stderr)
+    assert report, proc.stderr[-2000:]
+    return report["dec_speedup"], report["dec_mean_exit"]
 
 
 RESET = ["--reset-optimizer", "--reset-dataloader", "--reset-meters"]
