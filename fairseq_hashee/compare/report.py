@@ -9,9 +9,10 @@ token (the row's tokens per second over full depth's). ``step x`` is the same
 per decoder call, a step of beam search over a batch: beam search runs until
 every hypothesis of the batch has ended, so two models whose summaries are as
 long can run very different numbers of steps (on the built-in corpus, 78 to 183
-for 100 documents), and at small sizes a step's time hardly depends on how much
-it computes. Step x is the figure a method's exits decide; ``eff.`` is step x
-over total FLOPs x.
+for 100 documents), and wall x follows that count more than what a step
+computes. Step x divides the count out, but spreads the encoder's and each
+batch's fixed work over the steps, so a row running few steps looks slower per
+step than it is; only the FLOPs are exact. ``eff.`` is step x over total FLOPs x.
 """
 
 import logging
